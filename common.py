@@ -1,0 +1,828 @@
+"""Method-agnostic parts shared by every method file: arguments, data, augmentation, backbone,
+projector builder, evaluation, optimisation and run plumbing. No method logic lives here.
+
+Data path ("CUDA data loading", as in airbench): each dataset is decoded once into a uint8 tensor
+(N, 3, H, W) that lives on the training device; batches are index-selected from it and augmented
+there with independent random parameters per sample and per view. No DataLoader, no PIL.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from tqdm import tqdm
+
+
+def fail(message):
+    """Stop with a one-line error on stderr and exit status 1. Nothing on disk is touched."""
+    raise SystemExit(f"error: {message}")
+
+
+# ----------------------------------------------------------------------------------- arguments
+DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "imagefolder")
+ARCHS = ("resnet18", "resnet50")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line that names the flag and what is allowed, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def get_parser(method, doc, **defaults):
+    """The shared parser; a method file adds its own flags and overrides defaults (with sources)."""
+    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0])
+    p.add_argument("--dataset", default="shapes", choices=DATASETS)
+    p.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
+    p.add_argument("--image-size", type=positive(int), default=None,
+                   help="side in pixels (default: the dataset's own: 32, stl10 96, imagefolder 224)")
+    p.add_argument("--train-subset", type=positive(int), default=None,
+                   help="use only the first N train images (quick runs on a laptop)")
+    p.add_argument("--arch", default="resnet18", choices=ARCHS)
+    p.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
+    p.add_argument("--epochs", type=positive(int), default=100)
+    p.add_argument("--batch-size", type=positive(int), default=256)
+    p.add_argument("--lr", type=positive(float), default=0.3)
+    p.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine schedule")
+    p.add_argument("--warmup-lr", type=float, default=0.0, help="start of the linear warmup")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
+    p.add_argument("--warmup-epochs", type=float, default=10)
+    p.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"])
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs")
+    p.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in folder RUN (or RUN/last.pt) with its saved arguments")
+    p.add_argument("--stop-after", type=positive(int), default=None,
+                   help="stop after this epoch, checkpoint kept (continue later with --resume)")
+    p.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
+    p.add_argument("--linear-epochs", type=int, default=0, help="offline linear evaluation epochs (0: skip)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.set_defaults(method=method, **defaults)
+    return p
+
+
+def parse_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    if args.linear_epochs < 0:
+        parser.error(f"argument --linear-epochs: must be 0 (skip) or more, got {args.linear_epochs}")
+    if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
+        parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
+    if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
+        given = set(vars(parser.parse_args(argv, namespace=argparse.Namespace(**{
+            k: "__unset__" for k in vars(args)}))).items())
+        given = {k for k, v in given if v != "__unset__"} - {"resume", "stop_after", "device"}
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+        try:
+            saved = json.load(open(os.path.join(run_dir, "args.json")))
+        except (OSError, ValueError) as e:
+            fail(f"--resume {args.resume}: cannot read {run_dir}/args.json ({e.__class__.__name__})")
+        for k in sorted(given):
+            if k in saved and saved[k] != getattr(args, k):
+                fail(f"--resume: --{k.replace('_', '-')} {getattr(args, k)} differs from the saved run "
+                     f"({saved[k]}); resume uses the saved arguments, so drop the flag")
+        vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
+        args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
+    if args.name is None:
+        args.name = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return args
+
+
+# ------------------------------------------------------------------------------- run plumbing
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_epoch(seed, epoch):
+    # Every epoch reseeds from (seed, epoch): the shuffle and augmentations of epoch e are the same
+    # whether the run was interrupted before it or not, so --resume needs no RNG state.
+    seed_everything(seed * 100_003 + epoch)
+
+
+def get_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        fail("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (losses are then computed in float32 by the method); none elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model, args, device):
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.backbone.compile()  # in place: state_dict keys stay the same
+    return model
+
+
+def gather(x):
+    """All-gather with gradient along dim 0 across processes; the identity on one process.
+    Losses call it wherever they need the global batch (SimCLR negatives, covariances, ...)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    if torch.distributed.get_world_size() == 1:
+        return x
+    return torch.cat(torch.distributed.nn.functional.all_gather(x), dim=0)
+
+
+class Meter:
+    """Sums named scalar tensors without a host sync per step; .means() syncs once."""
+    def __init__(self):
+        self.sums, self.count = {}, 0
+
+    def add(self, **terms):
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.count += 1
+
+    def means(self):
+        return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def atomic_write(path, write):
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the old file whole
+
+
+class Run:
+    """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code."""
+
+    def __init__(self, args, script):
+        self.args, self.script = args, script
+        self.dir = os.path.join(args.out, args.name)
+        self.ckpt_path = os.path.join(self.dir, "last.pt")
+        self.checkpoint = None
+        if args.resume:
+            if not os.path.exists(self.ckpt_path):
+                fail(f"--resume {args.resume}: no last.pt in {self.dir}")
+            try:
+                self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+                assert {"epoch", "args", "state"} <= set(self.checkpoint)
+            except Exception as e:
+                fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
+                     f"({e.__class__.__name__}); the file is left untouched")
+        elif os.path.exists(self.ckpt_path):
+            fail(f"--name: {self.dir} already holds a run (last.pt); continue it with --resume {self.dir}, "
+                 "or choose another --name or --out")
+        self.device = get_device(args.device)
+        self.stateful, self.seconds, self.last_eval = {}, 0.0, {}
+
+    def start(self, data, backbone, **stateful):
+        """Write args.json and the code; restore `stateful` objects when resuming, else log the kNN
+        accuracy of the randomly initialised backbone as epoch 0 (the baseline learning must beat).
+        Returns the epoch to start from."""
+        self.stateful = stateful
+        os.makedirs(self.dir, exist_ok=True)
+        atomic_write(os.path.join(self.dir, "args.json"),
+                     lambda p: json.dump(vars(self.args), open(p, "w"), indent=1))
+        for f in (self.script, __file__):
+            shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
+        log = os.path.join(self.dir, "log.jsonl")
+        if self.checkpoint is None:
+            f = lambda x: extract_features(backbone, x, data, self.device)
+            self.init_knn = knn_accuracy(f(data.probe_x), data.probe_y.to(self.device), f(data.test_x),
+                                         data.test_y.to(self.device))
+            print(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
+            atomic_write(log, lambda p: open(p, "w").write(json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n"))
+            return 0
+        for k, obj in stateful.items():
+            obj.load_state_dict(self.checkpoint["state"][k])
+        done = self.checkpoint["epoch"]
+        lines = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+        lines = [l for l in lines if l["epoch"] <= done]  # drop epochs logged after the checkpoint
+        self.seconds = sum(l.get("seconds", 0) for l in lines)
+        self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
+        self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
+        atomic_write(log, lambda p: open(p, "w").writelines(json.dumps(l) + "\n" for l in lines))
+        print(f"resuming {self.dir} after epoch {done}")
+        return done
+
+    def progress(self, loader, epoch):
+        return tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False, dynamic_ncols=True,
+                    mininterval=1.0, disable=None)
+
+    def end_epoch(self, epoch, meter, lr, seconds, images, backbone, probe, data):
+        """Check the losses, evaluate (every --eval-every epochs and at the end), log, checkpoint."""
+        terms = meter.means()
+        for k, v in terms.items():
+            if not math.isfinite(v):
+                fail(f"{k} is {v} in epoch {epoch + 1}; stopped before saving, so {self.ckpt_path} still "
+                     f"holds the last good epoch; try a lower --lr (now {self.args.lr})")
+        row = {"epoch": epoch + 1, **terms, "lr": lr, "seconds": seconds, "images_per_sec": images / seconds}
+        if (epoch + 1) % self.args.eval_every == 0 or epoch + 1 == self.args.epochs:
+            self.last_eval = evaluate(backbone, probe, data, self.device)
+            row.update(self.last_eval)
+        self.seconds += seconds
+        with open(os.path.join(self.dir, "log.jsonl"), "a") as f:  # log first: resume trims it to last.pt
+            f.write(json.dumps(row) + "\n")
+        state = {k: obj.state_dict() for k, obj in self.stateful.items()}
+        atomic_write(self.ckpt_path, lambda p: torch.save(
+            {"epoch": epoch + 1, "args": vars(self.args), "state": state}, p))
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        return self.args.stop_after is not None and epoch + 1 >= self.args.stop_after
+
+    def finish(self, backbone, data):
+        results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
+                   "init_knn_acc": self.init_knn,
+                   "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
+        if self.args.linear_epochs > 0:
+            results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
+        atomic_write(os.path.join(self.dir, "results.json"),
+                     lambda p: json.dump(results, open(p, "w"), indent=1))
+        print(f"results: {json.dumps(results)}  ({self.dir})")
+        return results
+
+
+# ------------------------------------------------------------------------------------ datasets
+# Mean/std: CIFAR values of the CorInfoMax thesis appendix B.1.3; other datasets use their own,
+# computed once from the training images.
+STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+         "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+DEFAULT_SIZE = {"shapes": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "imagefolder": 224}
+URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "stl10": "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"}
+SHAPE_NAMES = ("circle", "triangle", "square", "hexagon", "star", "cross", "ring", "semicircle",
+               "ellipse", "L")
+
+
+class Data:
+    """uint8 image tensors (N, 3, S, S) and int64 labels (-1: unlabelled).
+    train: pretraining set; probe: labelled set for kNN bank and linear eval; test: evaluation."""
+    def __init__(self, train, probe, test, classes, mean, std):
+        (self.train_x, self.train_y), (self.probe_x, self.probe_y), (self.test_x, self.test_y) = train, probe, test
+        self.classes = classes
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def normalize(self, x):  # uint8 or float in [0, 1] -> normalised float, on x's device
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        return (x - self.mean.to(x.device)[:, None, None]) / self.std.to(x.device)[:, None, None]
+
+
+def load_data(args):
+    size = args.image_size = args.image_size or DEFAULT_SIZE[args.dataset]
+    if args.dataset == "shapes":
+        train, test = make_shapes(10_000, size, seed=0), make_shapes(2_000, size, seed=1)
+        probe = train
+    elif args.dataset in ("cifar10", "cifar100", "stl10"):
+        train, probe, test = load_torchvision(args.dataset, args.data_dir)
+    else:
+        train, test = load_imagefolder(args.data_dir, size)
+        probe = train
+    train, probe, test = [(resize_images(x, size), y) for x, y in (train, probe, test)]
+    if args.train_subset:
+        train = (train[0][:args.train_subset], train[1][:args.train_subset])
+        probe = (probe[0][:args.train_subset], probe[1][:args.train_subset])
+    mean, std = STATS.get(args.dataset) or channel_stats(train[0])
+    return Data(train, probe, test, int(test[1].max()) + 1, mean, std)
+
+
+def load_torchvision(name, root):
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+           "stl10": torchvision.datasets.STL10}[name]
+    splits = {"stl10": [dict(split="train+unlabeled"), dict(split="train"), dict(split="test")]}.get(
+        name, [dict(train=True), dict(train=True), dict(train=False)])
+    out = []
+    try:
+        os.makedirs(root, exist_ok=True)
+        for kw in splits:
+            ds = cls(root, download=True, **kw)
+            if name == "stl10":  # (N, 3, 96, 96) uint8 already; labels -1 for the unlabelled part
+                out.append((torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()))
+            else:  # (N, 32, 32, 3) uint8
+                out.append((torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                            torch.tensor(ds.targets)))
+    except Exception as e:  # no internet, bad archive, unwritable folder, ...
+        fail(f"--dataset {name}: could not download or read it into --data-dir {root} "
+             f"({e.__class__.__name__}: {str(e)[:120]}); download {URLS[name]} by hand and put the "
+             f"archive in {os.path.abspath(root)}/")
+    return out
+
+
+def load_imagefolder(root, size):
+    """<root>/train/<class>/*.jpg and <root>/val/<class>/*: decoded once (torchvision.io), resized,
+    centre-cropped to size x size, and cached as <root>/cache-<size>px.pt."""
+    if not all(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")):
+        fail(f"--data-dir {root}: --dataset imagefolder needs a folder with train/ and val/ class subfolders")
+    cache = os.path.join(root, f"cache-{size}px.pt")
+    if os.path.exists(cache):
+        c = torch.load(cache, weights_only=True)
+        return (c["train_x"], c["train_y"]), (c["val_x"], c["val_y"])
+    classes = sorted(os.listdir(os.path.join(root, "train")))
+    out = {}
+    for split in ("train", "val"):
+        xs, ys = [], []
+        for label, c in enumerate(classes):
+            folder = os.path.join(root, split, c)
+            for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                try:
+                    img = torchvision.io.decode_image(os.path.join(folder, f), mode=torchvision.io.ImageReadMode.RGB)
+                except Exception:
+                    print(f"skipping {os.path.join(folder, f)}: not a decodable image", file=sys.stderr)
+                    continue
+                xs.append(resize_images(img[None], size)[0])
+                ys.append(label)
+        if not xs:
+            fail(f"--data-dir {root}: no images found in {split}/")
+        out[f"{split}_x"], out[f"{split}_y"] = torch.stack(xs), torch.tensor(ys)
+    atomic_write(cache, lambda p: torch.save(out, p))
+    return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"])
+
+
+def resize_images(x, size):
+    """uint8 (N, 3, H, W): shorter side to `size` (antialiased bilinear), centre crop size x size."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = []
+    for chunk in x.split(1024):
+        y = torchvision.transforms.v2.functional.resize(chunk, [size], antialias=True)
+        out.append(torchvision.transforms.v2.functional.center_crop(y, [size, size]))
+    return torch.cat(out)
+
+
+def channel_stats(x):
+    s, s2 = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for chunk in x.split(4096):
+        c = chunk.double() / 255
+        s, s2 = s + c.mean((0, 2, 3)) * len(c), s2 + (c ** 2).mean((0, 2, 3)) * len(c)
+    mean = s / len(x)
+    return mean.tolist(), (s2 / len(x) - mean ** 2).sqrt().tolist()
+
+
+def make_shapes(n, size=32, seed=0):
+    """10 classes of filled shapes (SHAPE_NAMES), class = shape. Each image has a random position,
+    scale, rotation, foreground and background colour, striped background texture and pixel noise,
+    so only the shape carries the class. Rendered at 2x and average-pooled (anti-aliasing).
+    Deterministic from `seed`; 10,000 images at 32 px take about two seconds."""
+    g = torch.Generator().manual_seed(seed)
+    u01 = lambda *shape: torch.rand(*shape, generator=g)
+    labels = torch.randperm(n, generator=g) % len(SHAPE_NAMES)
+    S = 2 * size
+    grid = (torch.arange(S) + 0.5) / S * 2 - 1  # pixel centres in [-1, 1]
+    Y, X = grid[:, None], grid[None, :]
+    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    for start in range(0, n, 1000):
+        idx = torch.arange(start, min(n, start + 1000))
+        m = len(idx)
+        r = 0.45 + 0.3 * u01(m, 1, 1)  # radius: 22-37% of the side
+        cx, cy = [(1 - r) * (2 * u01(m, 1, 1) - 1) for _ in range(2)]
+        th = 2 * math.pi * u01(m, 1, 1)
+        u = ((X - cx) * th.cos() + (Y - cy) * th.sin()) / r  # shape coordinates, (m, S, S)
+        v = (-(X - cx) * th.sin() + (Y - cy) * th.cos()) / r
+        mask = torch.stack([shape_mask(int(k), u[j], v[j]) for j, k in enumerate(labels[idx])]).float()
+        lum = lambda c: (c * torch.tensor([0.299, 0.587, 0.114])).sum(1)
+        bg, fg = u01(m, 3), u01(m, 3)
+        for _ in range(20):  # keep the shape visible: luminance gap >= 0.25
+            bad = (lum(bg) - lum(fg)).abs() < 0.25
+            fg[bad] = u01(int(bad.sum()), 3)
+        phi, freq, phase = math.pi * u01(m, 1, 1), 1 + 5 * u01(m, 1, 1), 2 * math.pi * u01(m, 1, 1)
+        stripes = 0.2 * u01(m, 1, 1) * torch.sin(math.pi * freq * (X * phi.cos() + Y * phi.sin()) + phase)
+        img = bg[:, :, None, None] * (1 + stripes[:, None]) * (1 - mask[:, None]) + fg[:, :, None, None] * mask[:, None]
+        img = F.avg_pool2d(img, 2) + 0.06 * u01(m, 1, 1, 1) * torch.randn(m, 3, size, size, generator=g)
+        images[idx] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return images, labels
+
+
+def shape_mask(k, u, v):
+    rho, ang = (u ** 2 + v ** 2).sqrt(), torch.atan2(v, u)
+
+    def polygon(sides):  # regular polygon with circumradius 1
+        sector = 2 * math.pi / sides
+        return rho * torch.cos(torch.remainder(ang, sector) - sector / 2) <= math.cos(math.pi / sides)
+    if k == 0: return rho <= 1
+    if k == 1: return polygon(3)
+    if k == 2: return polygon(4)
+    if k == 3: return polygon(6)
+    if k == 4:  # five-pointed star: radius goes 0.4 -> 1 -> 0.4 across each of the 5 sectors
+        t = torch.remainder(ang, 2 * math.pi / 5) / (2 * math.pi / 5)
+        return rho <= 0.4 + 0.6 * (1 - (2 * t - 1).abs())
+    if k == 5: return ((u.abs() <= 0.33) & (v.abs() <= 1)) | ((v.abs() <= 0.33) & (u.abs() <= 1))
+    if k == 6: return (rho <= 1) & (rho >= 0.55)
+    if k == 7: return (u ** 2 + (v + 0.4) ** 2 <= 1) & (v >= -0.4)
+    if k == 8: return u ** 2 + (v / 0.5) ** 2 <= 1
+    return ((u >= -1) & (u <= -0.3) & (v.abs() <= 1)) | ((u.abs() <= 1) & (v >= -1) & (v <= -0.3))
+
+
+class Loader:
+    """Shuffled batches (uint8 images, labels) with drop_last, straight from tensors on the device.
+    The dataset is moved to the device once if it fits (else kept in pinned CPU memory)."""
+    def __init__(self, images, labels, batch_size, device, shuffle=True, drop_last=True):
+        if batch_size > len(images):
+            fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); "
+                 f"use --batch-size {len(images)} or less")
+        self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
+        on_device = device.type != "cuda" or images.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]
+        self.images = images.to(device) if on_device else images.pin_memory()
+        self.labels = labels.to(self.images.device)
+
+    def __len__(self):
+        n = len(self.images) / self.batch_size
+        return int(n) if self.drop_last else math.ceil(n)
+
+    def __iter__(self):
+        n = len(self.images)
+        order = torch.randperm(n, device=self.images.device) if self.shuffle else torch.arange(n, device=self.images.device)
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            yield (self.images[idx].to(self.device, non_blocking=True),
+                   self.labels[idx].to(self.device, non_blocking=True))
+
+
+# -------------------------------------------------------------------------------- augmentation
+def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
+         blur_p=0.0, solarize_p=0.0):
+    """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
+    return dict(crop_scale=crop_scale, crop_ratio=(3 / 4, 4 / 3), flip_p=flip_p, jitter=jitter,
+                jitter_p=jitter_p, gray_p=gray_p, blur_p=blur_p, solarize_p=solarize_p)
+
+
+def strength(scale, flip, s):  # paper 004 Table 2: jitter brightness/contrast/saturation 0.8s, hue 0.2s
+    return view(crop_scale=(scale, 1.0), flip_p=0.5 if flip else 0.0, jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+                jitter_p=0.8, gray_p=0.2)
+
+
+_BYOL = dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2)
+POLICIES = {  # each is (view 1, view 2)
+    # BYOL / solo-learn / CorInfoMax thesis Table B.1
+    "asymmetric": (view(**_BYOL, blur_p=1.0), view(**_BYOL, blur_p=0.1, solarize_p=0.2)),
+    # SimCLR (solo-learn cifar/augmentations/symmetric.yaml): s = 1 jitter, blur 0.5
+    "symmetric": (view(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=0.5),) * 2,
+    # ReSSL (solo-learn cifar/augmentations/ressl.yaml), weak view first
+    "ressl": (view(), view(**_BYOL, blur_p=0.5)),
+    "small": (strength(0.9, False, 0.05),) * 2,
+    "moderate": (strength(0.5, True, 0.25),) * 2,
+    "large": (strength(0.08, True, 0.5),) * 2,
+    "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
+}
+SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 128"
+
+
+def blur_kernel_size(image_size):
+    """About 10% of the side, odd: 23 at 224 px (BYOL), 3 at 32 px (sigma in [0.1, 2])."""
+    return max(3, int(image_size * 0.1) // 2 * 2 + 1)
+
+
+def sample_params(spec, n, height, width, device):
+    """Independent random parameters for n samples, as torchvision's transforms draw them."""
+    rand = lambda *s: torch.rand(*s, device=device)
+    # RandomResizedCrop.get_params: 10 tries of (area, log-uniform ratio), first that fits wins
+    area = height * width * (spec["crop_scale"][0] + (spec["crop_scale"][1] - spec["crop_scale"][0]) * rand(n, 10))
+    lo, hi = math.log(spec["crop_ratio"][0]), math.log(spec["crop_ratio"][1])
+    ratio = torch.exp(lo + (hi - lo) * rand(n, 10))
+    w, h = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.float().argmax(1, keepdim=True)
+    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(1)
+    # fallback: the whole image cropped to the nearest allowed ratio (centre crop)
+    r0 = width / height
+    fw, fh = ((width, round(width / spec["crop_ratio"][0])) if r0 < spec["crop_ratio"][0] else
+              (round(height * spec["crop_ratio"][1]), height) if r0 > spec["crop_ratio"][1] else (width, height))
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    top = torch.where(found, (rand(n) * (height - h + 1)).long(), (height - h) // 2)
+    left = torch.where(found, (rand(n) * (width - w + 1)).long(), (width - w) // 2)
+    b, c, s, hue = spec["jitter"]
+    uniform = lambda a, z: a + (z - a) * rand(n)
+    factors = torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
+                           uniform(max(0, 1 - s), 1 + s), uniform(-hue, hue)], 1)  # (n, 4)
+    return dict(top=top, left=left, height=h, width=w, flip=rand(n) < spec["flip_p"],
+                jitter=rand(n) < spec["jitter_p"], order=rand(n, 4).argsort(1), factors=factors,
+                gray=rand(n) < spec["gray_p"], blur=rand(n) < spec["blur_p"], sigma=uniform(0.1, 2.0),
+                solarize=rand(n) < spec["solarize_p"])
+
+
+def apply_params(x, p, size, spec):
+    """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
+    crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
+    x = resized_crop(x, p["top"], p["left"], p["height"], p["width"], size)
+    x = torch.where(p["flip"][:, None, None, None], x.flip(-1), x)
+    if spec["jitter_p"] > 0:
+        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
+            for o, op in enumerate(ops):
+                idx = (p["jitter"] & (p["order"][:, position] == o)).nonzero()[:, 0]
+                if len(idx):
+                    x[idx] = op(x[idx], p["factors"][idx, o])
+    x = torch.where(p["gray"][:, None, None, None], grayscale(x).expand_as(x), x)
+    idx = p["blur"].nonzero()[:, 0]
+    if len(idx):
+        x[idx] = gaussian_blur(x[idx], p["sigma"][idx], blur_kernel_size(size))
+    return torch.where(p["solarize"][:, None, None, None] & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
+
+
+class Augment:
+    """Batched, on-device two-view augmentation: Augment(policy, data)(uint8 batch) -> normalised views."""
+    def __init__(self, policy, data, size):
+        self.views, self.data, self.size = POLICIES[policy], data, size
+
+    def __call__(self, x):
+        x = x.float() / 255
+        return tuple(self.data.normalize(apply_params(x.clone(), sample_params(spec, len(x), x.shape[2], x.shape[3], x.device),
+                                                      self.size, spec)) for spec in self.views)
+
+
+def resized_crop(x, top, left, height, width, size):
+    """Per-sample crop boxes resized to size x size with bilinear interpolation exactly as
+    torch's upsampling computes it (align_corners=False; source index clamped to the box).
+    Boxes are never larger than the image and the image never larger than `size` in this repository
+    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling."""
+    B, C, H, W = x.shape
+    out = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
+
+    def axis(start, length):  # (B,) -> two source indices and the weight of the second, each (B, size)
+        src = (out[None] * (length.float()[:, None] / size) - 0.5).clamp(min=0)
+        i0 = src.floor().long()
+        weight = src - i0
+        i1 = torch.minimum(i0 + 1, length[:, None] - 1)
+        return start[:, None] + i0, start[:, None] + i1, weight
+    y0, y1, wy = axis(top, height)
+    x0, x1, wx = axis(left, width)
+    rows = lambda i: x.gather(2, i[:, None, :, None].expand(B, C, size, W))  # (B, C, size, W)
+    r0, r1 = rows(y0), rows(y1)
+    r = r0 + (r1 - r0) * wy[:, None, :, None]
+    cols = lambda i: r.gather(3, i[:, None, None, :].expand(B, C, size, size))  # (B, C, size, size)
+    c0, c1 = cols(x0), cols(x1)
+    return c0 + (c1 - c0) * wx[:, None, None, :]
+
+
+def grayscale(x):  # ITU-R 601-2 luma, as torchvision: (B, 1, H, W)
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _blend(x, y, f):  # torchvision _blend for float images; f (B,)
+    f = f[:, None, None, None]
+    return (f * x + (1 - f) * y).clamp(0, 1)
+
+
+def adjust_brightness(x, f):
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def adjust_contrast(x, f):
+    return _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), f)
+
+
+def adjust_saturation(x, f):
+    return _blend(x, grayscale(x), f)
+
+
+def adjust_hue(x, f):
+    """Rotate hue by f (in turns, |f| <= 0.5): RGB -> HSV, shift, HSV -> RGB, as torchvision."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    chroma = maxc - minc
+    flat = maxc == minc
+    s = chroma / torch.where(flat, torch.ones_like(maxc), maxc)
+    c = torch.where(flat, torch.ones_like(chroma), chroma)
+    rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    h = torch.remainder(h + f[:, None, None], 1.0)
+    i = torch.floor(h * 6.0)
+    frac = h * 6.0 - i
+    i = i.long() % 6
+    p = (maxc * (1 - s)).clamp(0, 1)
+    q = (maxc * (1 - s * frac)).clamp(0, 1)
+    t = (maxc * (1 - s * (1 - frac))).clamp(0, 1)
+    table = torch.stack([torch.stack(c, 1) for c in [(maxc, t, p), (q, maxc, p), (p, maxc, t),
+                                                     (p, q, maxc), (t, p, maxc), (maxc, p, q)]], 1)  # (B, 6, 3, H, W)
+    return table.gather(1, i[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
+
+
+def gaussian_blur(x, sigma, k):
+    """Separable Gaussian blur, one sigma per sample, reflect padding, as torchvision's."""
+    B, C, H, W = x.shape
+    t = torch.linspace(-(k - 1) / 2, (k - 1) / 2, k, device=x.device)
+    kernel = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, k)
+    y = F.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
+# ------------------------------------------------------------------------------- model parts
+class ResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with a width multiplier (stage widths w, 2w, 4w, 8w) and a CIFAR stem
+    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features."""
+    def __init__(self, block, layers, width=64, cifar_stem=True):
+        nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
+        self._norm_layer, self.dilation, self.groups, self.base_width, self.inplanes = nn.BatchNorm2d, 1, 1, 64, width
+        if cifar_stem:
+            self.conv1, self.maxpool = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.Identity()
+        else:
+            self.conv1, self.maxpool = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
+        self.bn1, self.relu = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Identity()
+        self.out_dim = 8 * width * block.expansion
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def backbone(arch, width=64, image_size=32):
+    """ResNet-18 (512-d at width 64) or ResNet-50 (2048-d); ImageNet stem from 64 px up."""
+    block, layers = {"resnet18": (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
+                     "resnet50": (torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])}[arch]
+    return ResNet(block, layers, width, cifar_stem=image_size < 64)
+
+
+class L2Normalize(nn.Module):
+    def forward(self, x):
+        return F.normalize(x, dim=1)
+
+
+def projector(dims, batchnorm=True, last_bias=True, normalize=False):
+    """MLP dims[0] -> ... -> dims[-1]: Linear (+ BatchNorm) + ReLU between layers. Hidden linears
+    have no bias when followed by BatchNorm (it would be cancelled)."""
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=last_bias if last else not batchnorm))
+        if not last:
+            layers += [nn.BatchNorm1d(b)] if batchnorm else []
+            layers.append(nn.ReLU(inplace=True))
+    if normalize:
+        layers.append(L2Normalize())
+    return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+class OnlineProbe:
+    """A linear classifier trained during pretraining on detached backbone features of view 1
+    (as solo-learn), with its own optimizer, so the probe never shapes the representation."""
+    def __init__(self, dim, classes, device, lr=1e-3):
+        self.linear = nn.Linear(dim, classes).to(device)
+        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0)
+
+    def step(self, features, labels):
+        keep = labels >= 0  # STL-10's unlabelled images have label -1
+        loss = F.cross_entropy(self.linear(features.detach().float()[keep]), labels[keep])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def state_dict(self):
+        return {"linear": self.linear.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.linear.load_state_dict(state["linear"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@torch.no_grad()
+def extract_features(backbone, images, data, device, batch_size=512):
+    """Backbone features (N, F) float32 of un-augmented, normalised uint8 images, in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    for chunk in images.split(batch_size):
+        with autocast(device):
+            out.append(backbone(data.normalize(chunk.to(device))).float())
+    backbone.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_accuracy(train_f, train_y, test_f, test_y, k=200, temperature=0.1, chunk=256):
+    """Weighted kNN (Wu et al. 2018): cosine similarity, the k nearest vote with exp(sim / T)."""
+    train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
+    keep = train_y >= 0
+    train_f, train_y = train_f[keep], train_y[keep]
+    classes, k = int(train_y.max()) + 1, min(k, len(train_f))
+    correct = 0
+    for f, y in zip(test_f.split(chunk), test_y.split(chunk)):
+        sim, idx = (f @ train_f.T).topk(k, dim=1)  # (c, k)
+        votes = torch.zeros(len(f), classes, device=f.device).scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        correct += (votes.argmax(1) == y).sum().item()
+    return correct / len(test_f)
+
+
+def evaluate(backbone, probe, data, device):
+    train_f = extract_features(backbone, data.probe_x, data, device)
+    test_f = extract_features(backbone, data.test_x, data, device)
+    test_y = data.test_y.to(device)
+    knn = knn_accuracy(train_f, data.probe_y.to(device), test_f, test_y)
+    with torch.no_grad():
+        probe_acc = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
+    return {"knn_acc": knn, "probe_acc": probe_acc}
+
+
+def linear_eval(backbone, data, epochs, device, batch_size=256):
+    """Offline linear evaluation of the frozen backbone, thesis appendix B.2: SGD momentum 0.9,
+    no weight decay, lr 0.2 with cosine decay to 0.002, batch 256, crop + flip augmentation."""
+    backbone.eval()
+    dim = extract_features(backbone, data.probe_x[:2], data, device).shape[1]
+    classifier = nn.Linear(dim, data.classes).to(device)
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=0.2, momentum=0.9, weight_decay=0.0)
+    loader = Loader(data.probe_x, data.probe_y, min(batch_size, len(data.probe_x)), device)
+    augment, total = Augment("linear", data, data.test_x.shape[-1]), epochs * len(loader)
+    for epoch in tqdm(range(epochs), desc="linear eval", leave=False, disable=None):
+        for step, (x, y) in enumerate(loader):
+            set_lr(optimizer, lr_at(epoch * len(loader) + step, total, 0, 0.2, final_lr=0.002))
+            with torch.no_grad(), autocast(device):
+                f = backbone(augment(x)[0]).float()
+            loss = F.cross_entropy(classifier(f), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    test_f = extract_features(backbone, data.test_x, data, device)
+    with torch.no_grad():
+        return (classifier(test_f).argmax(1) == data.test_y.to(device)).float().mean().item()
+
+
+# -------------------------------------------------------------------------------- optimisation
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as in the official
+    Barlow Twins / VICReg code: update = g + wd * w, scaled by eta * ||w|| / ||update||. Groups with
+    lars_exclude=True (biases, BatchNorm) get neither weight decay nor the trust ratio."""
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02):  # eta 0.02: solo-learn cifar
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if not group["lars_exclude"]:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.norm(p), torch.norm(update)
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
+                                        torch.ones_like(w_norm))
+                    update = update * trust
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def make_optimizer(model, args):
+    """Biases and BatchNorm parameters (1-d) get no weight decay and, for LARS, no trust ratio."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "lars":
+        groups[1]["lars_exclude"] = True
+        return LARS(groups, lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def lr_at(step, total_steps, warmup_steps, base_lr, start_lr=0.0, final_lr=0.0):
+    """Linear warmup start_lr -> base_lr over warmup_steps, then cosine to final_lr at the last step."""
+    if step < warmup_steps:
+        return start_lr + (base_lr - start_lr) * step / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)
+    return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
