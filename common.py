@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 
@@ -59,7 +60,7 @@ def get_parser(method, doc, **defaults):
     p.add_argument("--image-size", type=positive(int), default=None,
                    help="side in pixels (default: the dataset's own: 32, stl10 96, imagefolder 224)")
     p.add_argument("--train-subset", type=positive(int), default=None,
-                   help="use only the first N train images (quick runs on a laptop)")
+                   help="use only N train images (quick runs on a laptop)")
     p.add_argument("--arch", default="resnet18", choices=ARCHS)
     p.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
     p.add_argument("--epochs", type=positive(int), default=100)
@@ -69,6 +70,8 @@ def get_parser(method, doc, **defaults):
     p.add_argument("--warmup-lr", type=float, default=0.0, help="start of the linear warmup")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
+    p.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
+                   help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio (solo-learn clip_lr)")
     p.add_argument("--warmup-epochs", type=float, default=10)
     p.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"])
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
@@ -101,6 +104,8 @@ def parse_args(parser, argv=None):
             saved = json.load(open(os.path.join(run_dir, "args.json")))
         except (OSError, ValueError) as e:
             fail(f"--resume {args.resume}: cannot read {run_dir}/args.json ({e.__class__.__name__})")
+        if saved.get("method") != args.method:
+            fail(f"--resume {args.resume}: that is a {saved.get('method')} run; resume it with {saved.get('method')}.py")
         for k in sorted(given):
             if k in saved and saved[k] != getattr(args, k):
                 fail(f"--resume: --{k.replace('_', '-')} {getattr(args, k)} differs from the saved run "
@@ -263,6 +268,7 @@ class Run:
                    "init_knn_acc": self.init_knn,
                    "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
         if self.args.linear_epochs > 0:
+            seed_everything(self.args.seed)  # same result whether or not the run was resumed
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
         atomic_write(os.path.join(self.dir, "results.json"),
                      lambda p: json.dump(results, open(p, "w"), indent=1))
@@ -299,7 +305,7 @@ class Data:
 def load_data(args):
     size = args.image_size = args.image_size or DEFAULT_SIZE[args.dataset]
     if args.dataset == "shapes":
-        train, test = make_shapes(10_000, size, seed=0), make_shapes(2_000, size, seed=1)
+        train, test = make_shapes(min(10_000, args.train_subset or 10_000), size, seed=0), make_shapes(2_000, size, seed=1)
         probe = train
     elif args.dataset in ("cifar10", "cifar100", "stl10"):
         train, probe, test = load_torchvision(args.dataset, args.data_dir)
@@ -372,8 +378,7 @@ def resize_images(x, size):
         return x
     out = []
     for chunk in x.split(1024):
-        y = torchvision.transforms.v2.functional.resize(chunk, [size], antialias=True)
-        out.append(torchvision.transforms.v2.functional.center_crop(y, [size, size]))
+        out.append(TF.center_crop(TF.resize(chunk, [size], antialias=True), [size, size]))
     return torch.cat(out)
 
 
@@ -401,23 +406,30 @@ def make_shapes(n, size=32, seed=0):
     for start in range(0, n, 1000):
         idx = torch.arange(start, min(n, start + 1000))
         m = len(idx)
-        r = 0.45 + 0.3 * u01(m, 1, 1)  # radius: 22-37% of the side
-        cx, cy = [(1 - r) * (2 * u01(m, 1, 1) - 1) for _ in range(2)]
+        r = 0.55 + 0.3 * u01(m, 1, 1)  # radius: 27-42% of the side
+        cx, cy = [0.7 * (1 - r) * (2 * u01(m, 1, 1) - 1) for _ in range(2)]
         th = 2 * math.pi * u01(m, 1, 1)
         u = ((X - cx) * th.cos() + (Y - cy) * th.sin()) / r  # shape coordinates, (m, S, S)
         v = (-(X - cx) * th.sin() + (Y - cy) * th.cos()) / r
         mask = torch.stack([shape_mask(int(k), u[j], v[j]) for j, k in enumerate(labels[idx])]).float()
         lum = lambda c: (c * torch.tensor([0.299, 0.587, 0.114])).sum(1)
-        bg, fg = u01(m, 3), u01(m, 3)
-        for _ in range(20):  # keep the shape visible: luminance gap >= 0.25
+        # colours from a small palette: many images of a batch share a colour pair, so colour cannot
+        # tell instances apart and contrastive learning has to look at the shape
+        bg = PALETTE[torch.randint(len(PALETTE), (m,), generator=g)]
+        fg = PALETTE[torch.randint(len(PALETTE), (m,), generator=g)]
+        for _ in range(50):  # keep the shape visible: luminance gap >= 0.25
             bad = (lum(bg) - lum(fg)).abs() < 0.25
-            fg[bad] = u01(int(bad.sum()), 3)
+            fg[bad] = PALETTE[torch.randint(len(PALETTE), (int(bad.sum()),), generator=g)]
         phi, freq, phase = math.pi * u01(m, 1, 1), 1 + 5 * u01(m, 1, 1), 2 * math.pi * u01(m, 1, 1)
-        stripes = 0.2 * u01(m, 1, 1) * torch.sin(math.pi * freq * (X * phi.cos() + Y * phi.sin()) + phase)
+        stripes = 0.1 * u01(m, 1, 1) * torch.sin(math.pi * freq * (X * phi.cos() + Y * phi.sin()) + phase)
         img = bg[:, :, None, None] * (1 + stripes[:, None]) * (1 - mask[:, None]) + fg[:, :, None, None] * mask[:, None]
-        img = F.avg_pool2d(img, 2) + 0.06 * u01(m, 1, 1, 1) * torch.randn(m, 3, size, size, generator=g)
+        img = F.avg_pool2d(img, 2) + 0.04 * u01(m, 1, 1, 1) * torch.randn(m, 3, size, size, generator=g)
         images[idx] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return images, labels
+
+
+PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.95, 0.85, 0.1],
+                        [0.6, 0.2, 0.8], [0.1, 0.8, 0.85], [0.95, 0.95, 0.95], [0.08, 0.08, 0.08]])
 
 
 def shape_mask(k, u, v):
@@ -480,7 +492,8 @@ def strength(scale, flip, s):  # paper 004 Table 2: jitter brightness/contrast/s
 
 _BYOL = dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2)
 POLICIES = {  # each is (view 1, view 2)
-    # BYOL / solo-learn / CorInfoMax thesis Table B.1
+    # BYOL / CorInfoMax thesis Table B.1 (solo-learn imagenet-100/augmentations/asymmetric.yaml;
+    # solo-learn's CIFAR file drops the blur: we keep the thesis, which used it on CIFAR too)
     "asymmetric": (view(**_BYOL, blur_p=1.0), view(**_BYOL, blur_p=0.1, solarize_p=0.2)),
     # SimCLR (solo-learn cifar/augmentations/symmetric.yaml): s = 1 jitter, blur 0.5
     "symmetric": (view(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=0.5),) * 2,
@@ -697,6 +710,8 @@ class OnlineProbe:
 
     def step(self, features, labels):
         keep = labels >= 0  # STL-10's unlabelled images have label -1
+        if not keep.any():
+            return torch.zeros((), device=features.device)
         loss = F.cross_entropy(self.linear(features.detach().float()[keep]), labels[keep])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -775,11 +790,13 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
 # -------------------------------------------------------------------------------- optimisation
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as in the official
-    Barlow Twins / VICReg code: update = g + wd * w, scaled by eta * ||w|| / ||update||. Groups with
-    lars_exclude=True (biases, BatchNorm) get neither weight decay nor the trust ratio."""
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02):  # eta 0.02: solo-learn cifar
+    Barlow Twins / VICReg code: update = g + wd * w, scaled by eta * ||w|| / ||update||. With clip
+    (solo-learn's clip_lr) the scale is min(eta * ||w|| / ||update|| / lr, 1), so the step is
+    min(eta * ratio, lr) * update. Groups with lars_exclude=True (biases, BatchNorm) get neither
+    weight decay nor the trust ratio."""
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=False):  # eta: solo-learn
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                      lars_exclude=False))
+                                      clip=clip, lars_exclude=False))
 
     @torch.no_grad()
     def step(self):
@@ -793,6 +810,8 @@ class LARS(torch.optim.Optimizer):
                     w_norm, u_norm = torch.norm(p), torch.norm(update)
                     trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
                                         torch.ones_like(w_norm))
+                    if group["clip"]:
+                        trust = (trust / group["lr"]).clamp(max=1.0)
                     update = update * trust
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -808,7 +827,7 @@ def make_optimizer(model, args):
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.optimizer == "lars":
         groups[1]["lars_exclude"] = True
-        return LARS(groups, lr=args.lr, weight_decay=args.weight_decay)
+        return LARS(groups, lr=args.lr, weight_decay=args.weight_decay, clip=args.lars_clip)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)

@@ -9,12 +9,17 @@ Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 Run:        python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
             python simclr.py --dataset shapes --width 16 --epochs 5 --train-subset 2000   (CPU, class)
             python simclr.py --dataset cifar100 --projector linear --policy large   (paper 004 setting)
-Expected:   solo-learn reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) offline linear accuracy for this
-            recipe at 1000 epochs. Measured here: see README (shapes on CPU only, so far).
+Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
+            recipe at 1000 epochs (its table does not say online or offline). Measured here: see README (shapes on CPU only, so far).
 Deviations:
 - The loss is the mean over all 2N anchors (paper); google-research's code sums the two halves (2x).
   Computed as a cross-entropy over logits (log-sum-exp), never with raw exp.
-- LARS without solo-learn's clip_lr; eta 0.02 and bias/BatchNorm exclusion as solo-learn.
+- LARS as solo-learn: eta 0.02, clip_lr on (--lars-clip), biases and BatchNorm excluded; its trust
+  ratio divides by ||g + wd w|| (official Barlow Twins form), solo-learn's by ||g|| + wd ||w||.
+- Projector as solo-learn (Linear-ReLU-Linear, no BatchNorm); google-research's has BN on every layer.
+- Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
+- Blur at 32 px uses a 3-tap kernel (10% of the side, torchvision GaussianBlur convention); solo-learn
+  uses PIL's full-support blur, so its blur is stronger. Crops are resized bilinearly (solo-learn: bicubic).
 - The online probe uses AdamW on detached features (solo-learn: SGD in the same optimizer).
 """
 import time
@@ -31,6 +36,7 @@ DEFAULTS = dict(  # solo-learn scripts/pretrain/cifar/simclr.yaml unless noted
     lr=0.4,               # LARS, at batch 256
     weight_decay=1e-4,
     optimizer="lars",
+    lars_clip=True,       # clip_lr: True
     warmup_epochs=10,     # solo-learn warmup_cosine default
     policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
 )
@@ -40,7 +46,7 @@ def get_args(argv=None):
     parser = common.get_parser("simclr", __doc__, **DEFAULTS)
     parser.add_argument("--temperature", type=common.positive(float), default=0.2, help="tau (solo-learn cifar)")
     parser.add_argument("--projector", default="mlp", choices=["mlp", "linear"],
-                        help="mlp: Linear-BN-ReLU-Linear (solo-learn); linear: one bias-free matrix (paper 004)")
+                        help="mlp: Linear-ReLU-Linear (solo-learn); linear: one bias-free matrix (paper 004)")
     parser.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
     parser.add_argument("--proj-dim", type=common.positive(int), default=256,
                         help="solo-learn cifar: 256; paper 004's linear projector: 128")
@@ -68,7 +74,7 @@ class SimCLR(nn.Module):
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
         dim = self.backbone.out_dim
         if args.projector == "mlp":
-            self.projector = common.projector([dim, args.proj_hidden, args.proj_dim], batchnorm=True)
+            self.projector = common.projector([dim, args.proj_hidden, args.proj_dim], batchnorm=False)
         else:  # paper 004 section 3: a linear projector, whose rank it tracks (Figure 1)
             self.projector = nn.Linear(dim, args.proj_dim, bias=False)
 

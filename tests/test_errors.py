@@ -1,0 +1,91 @@
+"""Bad input: one clear line on stderr naming the flag and what is allowed, a non-zero exit, and an
+existing last.pt never overwritten."""
+import hashlib
+import os
+
+import pytest
+
+TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "128",
+        "--epochs", "1", "--warmup-epochs", "0"]
+
+
+def one_line_error(result, *needles):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("flag,value,needles", [
+    ("--dataset", "mnist", ["--dataset", "invalid choice", "cifar100"]),
+    ("--policy", "strong", ["--policy", "invalid choice", "asymmetric"]),
+    ("--optimizer", "adam", ["--optimizer", "invalid choice", "lars"]),
+    ("--arch", "vit", ["--arch", "invalid choice", "resnet18"]),
+    ("--batch-size", "0", ["--batch-size", "must be positive"]),
+    ("--lr", "fast", ["--lr", "expected a float"]),
+    ("--device", "tpu", ["--device", "cpu"]),
+    ("--linear-epochs", "-1", ["--linear-epochs"]),
+])
+def test_bad_flag_values(run, tmp_path, flag, value, needles):
+    one_line_error(run("simclr.py", *TINY, "--out", tmp_path, flag, value, check=False), *needles)
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_missing_imagefolder_dir(run, tmp_path):
+    result = run("simclr.py", "--dataset", "imagefolder", "--data-dir", tmp_path / "nowhere", "--out", tmp_path,
+                 check=False)
+    one_line_error(result, "--data-dir", "train/ and val/")
+
+
+def test_failed_download_says_what_to_fetch_and_where(run, tmp_path):
+    # a dead local proxy makes the real torchvision download fail at once, with no traffic leaving
+    dead = "http://127.0.0.1:9"
+    result = run("simclr.py", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--out", tmp_path, check=False,
+                 env={"http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead, "HTTPS_PROXY": dead})
+    one_line_error(result, "--dataset cifar10", "cifar-10-python.tar.gz", str(tmp_path / "data"))
+
+
+def test_batch_larger_than_dataset(run, tmp_path):
+    result = run("simclr.py", *TINY, "--batch-size", "512", "--out", tmp_path, check=False)
+    one_line_error(result, "--batch-size 512", "128 images")
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_existing_run_is_never_overwritten(run, tmp_path):
+    run("simclr.py", *TINY, "--out", tmp_path, "--name", "r")
+    ckpt = tmp_path / "r" / "last.pt"
+    before = digest(ckpt)
+    # a new run pointed at the same folder
+    one_line_error(run("simclr.py", *TINY, "--out", tmp_path, "--name", "r", check=False), "--name", "--resume")
+    # a resume that contradicts the saved arguments
+    one_line_error(run("simclr.py", "--resume", tmp_path / "r", "--lr", "9", check=False), "--lr", "saved")
+    # a resume of a folder with no checkpoint
+    one_line_error(run("simclr.py", "--resume", tmp_path / "nothing", check=False), "--resume")
+    assert digest(ckpt) == before
+
+
+def test_corrupt_checkpoint(run, tmp_path):
+    run("simclr.py", *TINY, "--out", tmp_path, "--name", "r")
+    ckpt = tmp_path / "r" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a full disk
+    before = digest(ckpt)
+    one_line_error(run("simclr.py", "--resume", tmp_path / "r", check=False), "--resume", "corrupt")
+    assert digest(ckpt) == before
+
+
+def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
+    run("simclr.py", *TINY, "--epochs", "2", "--stop-after", "1", "--out", tmp_path, "--name", "r")
+    ckpt = tmp_path / "r" / "last.pt"
+    before = digest(ckpt)
+    # epoch 2 with an absurd learning rate: written into the saved args to keep the resume honest
+    import json
+    args = json.load(open(tmp_path / "r" / "args.json"))
+    args["lr"] = 1e30
+    json.dump(args, open(tmp_path / "r" / "args.json", "w"))
+    result = run("simclr.py", "--resume", tmp_path / "r", check=False)
+    one_line_error(result, "nan", "--lr")
+    assert digest(ckpt) == before

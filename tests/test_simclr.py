@@ -1,0 +1,102 @@
+"""SimCLR: the loss against an explicit loop and closed forms; the script end to end, resumed, learning."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import simclr
+
+TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
+        "--warmup-epochs", "1", "--eval-every", "1"]
+
+
+def nt_xent_loop(z1, z2, tau):
+    """Paper eq. 1, one anchor at a time, in float64 Python arithmetic."""
+    z = [v / v.norm() for v in torch.cat([z1, z2]).double()]
+    n2, n = len(z), len(z1)
+    total = 0.0
+    for i in range(n2):
+        partner = (i + n) % n2
+        sims = {k: float(z[i] @ z[k]) / tau for k in range(n2) if k != i}  # 1 positive + 2N-2 negatives
+        assert len(sims) == n2 - 1
+        total += -sims[partner] + math.log(sum(math.exp(s) for s in sims.values()))
+    return total / n2  # mean over all 2N anchors
+
+
+@pytest.mark.parametrize("n,d,tau", [(2, 3, 0.5), (5, 8, 0.2), (16, 4, 0.07)])
+def test_nt_xent_matches_per_anchor_loop(n, d, tau):
+    torch.manual_seed(n)
+    z1, z2 = torch.randn(n, d) * 3, torch.randn(n, d)  # unnormalised on purpose
+    assert simclr.nt_xent_loss(z1, z2, tau).item() == pytest.approx(nt_xent_loop(z1, z2, tau), rel=1e-5)
+
+
+def test_nt_xent_closed_form_for_aligned_orthogonal_pairs():
+    # z1 = z2 = one-hot rows: positive similarity 1, the 2N-2 negatives 0, so every anchor has
+    # loss -1/tau + log(e^{1/tau} + 2N - 2)
+    n, tau = 6, 0.5
+    z = torch.eye(n, 10)
+    expected = -1 / tau + math.log(math.exp(1 / tau) + 2 * n - 2)
+    assert simclr.nt_xent_loss(z, z.clone(), tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nt_xent_properties():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+    loss = simclr.nt_xent_loss(z1, z2, 0.5)
+    assert loss.item() == pytest.approx(simclr.nt_xent_loss(z2, z1, 0.5).item(), rel=1e-6)  # symmetric
+    assert loss.item() == pytest.approx(simclr.nt_xent_loss(5 * z1, z2, 0.5).item(), rel=1e-6)  # scale-free
+    # no overflow at a tiny temperature: log-sum-exp, not raw exp
+    assert torch.isfinite(simclr.nt_xent_loss(z1, z2, 1e-4))
+    # matching views give a lower loss than random ones, and the gradient flows to both views
+    z1.requires_grad_(True)
+    simclr.nt_xent_loss(z1, z1.detach() + 0.01 * torch.randn(8, 16), 0.5).backward()
+    assert simclr.nt_xent_loss(z1, z1 + 0.01, 0.5) < loss and z1.grad.abs().sum() > 0
+
+
+def test_linear_projector_option():
+    args = simclr.get_args(["--projector", "linear", "--proj-dim", "128", "--width", "4"])
+    args.image_size = 32
+    model = simclr.SimCLR(args)
+    assert isinstance(model.projector, torch.nn.Linear) and model.projector.bias is None
+    assert model.projector.weight.shape == (128, 32)  # paper 004: 512 x 128 at width 64
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
+
+
+def test_end_to_end_writes_the_run_folder(run, tmp_path):
+    out = run("simclr.py", *TINY, "--epochs", "2", "--linear-epochs", "1", "--out", tmp_path, "--name", "e2e")
+    d = tmp_path / "e2e"
+    assert {"args.json", "log.jsonl", "last.pt", "results.json", "simclr.py", "common.py"} <= set(os.listdir(d))
+    log = read_log(d)
+    assert [row["epoch"] for row in log] == [0, 1, 2]  # epoch 0: the random-initialisation baseline
+    for row in log[1:]:
+        for key in ("loss", "probe_loss", "lr", "knn_acc", "probe_acc", "seconds", "images_per_sec"):
+            assert math.isfinite(row[key]), key
+    results = json.load(open(d / "results.json"))
+    assert results["epochs"] == 2 and 0 <= results["knn_acc"] <= 1 and 0 <= results["linear_acc"] <= 1
+    assert json.load(open(d / "args.json"))["width"] == 4
+    ckpt = torch.load(d / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and {"model", "optimizer", "probe"} <= set(ckpt["state"])
+    assert "results:" in out.stdout
+
+
+def test_resume_is_exact(run, tmp_path):
+    common_args = [*TINY, "--epochs", "3", "--out", tmp_path]
+    run("simclr.py", *common_args, "--name", "straight")
+    run("simclr.py", *common_args, "--name", "split", "--stop-after", "1")
+    assert not (tmp_path / "split" / "results.json").exists()
+    run("simclr.py", "--resume", tmp_path / "split")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    for key, value in a["state"]["model"].items():
+        assert torch.equal(value, b["state"]["model"][key]), key
+    assert torch.equal(a["state"]["probe"]["linear"]["weight"], b["state"]["probe"]["linear"]["weight"])
+    timing = {"seconds", "images_per_sec"}
+    strip = lambda log: [{k: v for k, v in row.items() if k not in timing} for row in log]
+    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
+    ra, rb = (json.load(open(tmp_path / n / "results.json")) for n in ("straight", "split"))
+    assert ra["knn_acc"] == rb["knn_acc"] and ra["probe_acc"] == rb["probe_acc"]
