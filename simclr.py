@@ -7,10 +7,13 @@ pick out its partner among the 2N - 1 other projections of the batch (NT-Xent / 
 Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 
 Run:        python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
-            python simclr.py --dataset shapes --width 16 --epochs 5 --train-subset 2000   (CPU, class)
+            python simclr.py --dataset shapes --image-size 16 --width 8 --epochs 10 --batch-size 64 \
+                --train-subset 4000 --policy moderate --lr 0.15 --warmup-epochs 1     (CPU, ~1 min)
             python simclr.py --dataset cifar100 --projector linear --policy large   (paper 004 setting)
 Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
-            recipe at 1000 epochs (its table does not say online or offline). Measured here: see README (shapes on CPU only, so far).
+            recipe at 1000 epochs (its table does not say online or offline). Measured here (CPU command
+            above, kNN accuracy, 5 seeds): 0.19-0.22 at random initialisation
+            -> 0.29-0.34 after 10 epochs (margin 7.8-13.5 points). No GPU run yet.
 Deviations:
 - The loss is the mean over all 2N anchors (paper); google-research's code sums the two halves (2x).
   Computed as a cross-entropy over logits (log-sum-exp), never with raw exp.

@@ -115,11 +115,12 @@ def test_lars_one_step_by_hand():
 
 def test_make_optimizer_excludes_biases_and_norms():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
-    args = type("A", (), dict(optimizer="lars", lr=0.1, weight_decay=1e-4))()
+    args = type("A", (), dict(optimizer="lars", lr=0.1, weight_decay=1e-4, lars_clip=True))()
     opt = common.make_optimizer(model, args)
     decay, no_decay = opt.param_groups
     assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["weight_decay"] == 1e-4
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0 and no_decay["lars_exclude"]
+    assert decay["clip"] and isinstance(opt, common.LARS)
     for name, cls in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
         args.optimizer = name
         assert isinstance(common.make_optimizer(model, args), cls)
