@@ -163,7 +163,8 @@ def gather(x):
         return x
     if torch.distributed.get_world_size() == 1:
         return x
-    return torch.cat(torch.distributed.nn.functional.all_gather(x), dim=0)
+    import torch.distributed.nn.functional as dist_functional  # the all_gather that has a backward
+    return torch.cat(dist_functional.all_gather(x), dim=0)
 
 
 class Meter:
@@ -183,7 +184,7 @@ class Meter:
 def atomic_write(path, write):
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the old file whole
+    os.replace(tmp, path)  # a crash mid-write leaves the old file whole (rename is atomic)
 
 
 class Run:
@@ -221,9 +222,7 @@ class Run:
             shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         log = os.path.join(self.dir, "log.jsonl")
         if self.checkpoint is None:
-            f = lambda x: extract_features(backbone, x, data, self.device)
-            self.init_knn = knn_accuracy(f(data.probe_x), data.probe_y.to(self.device), f(data.test_x),
-                                         data.test_y.to(self.device))
+            self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
             print(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
             atomic_write(log, lambda p: open(p, "w").write(json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n"))
             return 0
@@ -438,10 +437,9 @@ def shape_mask(k, u, v):
     def polygon(sides):  # regular polygon with circumradius 1
         sector = 2 * math.pi / sides
         return rho * torch.cos(torch.remainder(ang, sector) - sector / 2) <= math.cos(math.pi / sides)
+    if k in (1, 2, 3):
+        return polygon((3, 4, 6)[k - 1])
     if k == 0: return rho <= 1
-    if k == 1: return polygon(3)
-    if k == 2: return polygon(4)
-    if k == 3: return polygon(6)
     if k == 4:  # five-pointed star: radius goes 0.4 -> 1 -> 0.4 across each of the 5 sectors
         t = torch.remainder(ang, 2 * math.pi / 5) / (2 * math.pi / 5)
         return rho <= 0.4 + 0.6 * (1 - (2 * t - 1).abs())
@@ -755,13 +753,15 @@ def knn_accuracy(train_f, train_y, test_f, test_y, k=200, temperature=0.1, chunk
 
 
 def evaluate(backbone, probe, data, device):
+    """kNN accuracy, and the online probe's test accuracy when a probe is given."""
     train_f = extract_features(backbone, data.probe_x, data, device)
     test_f = extract_features(backbone, data.test_x, data, device)
     test_y = data.test_y.to(device)
-    knn = knn_accuracy(train_f, data.probe_y.to(device), test_f, test_y)
-    with torch.no_grad():
-        probe_acc = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
-    return {"knn_acc": knn, "probe_acc": probe_acc}
+    out = {"knn_acc": knn_accuracy(train_f, data.probe_y.to(device), test_f, test_y)}
+    if probe is not None:
+        with torch.no_grad():
+            out["probe_acc"] = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
+    return out
 
 
 def linear_eval(backbone, data, epochs, device, batch_size=256):

@@ -189,3 +189,9 @@ def test_lars_clip_caps_the_step_at_lr():
         g = grad[0][0]
         step = min(0.02 * 5 / g, lr) * g
         assert torch.allclose(w.data, torch.tensor([[3.0 - step, 4.0]]), atol=1e-7)
+
+
+def test_gather_is_the_identity_on_one_process():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = common.gather(x)
+    assert y is x  # no process group: losses see the local batch, gradients untouched
