@@ -1,5 +1,6 @@
 """Loader, backbones, projector, LARS, schedule and kNN against hand computations."""
 import math
+import os
 
 import pytest
 import torch
@@ -195,3 +196,23 @@ def test_gather_is_the_identity_on_one_process():
     x = torch.randn(4, 3, requires_grad=True)
     y = common.gather(x)
     assert y is x  # no process group: losses see the local batch, gradients untouched
+
+
+def test_imagefolder_is_decoded_resized_and_cached(tmp_path):
+    import argparse
+    import torchvision
+    for split, n in (("train", 3), ("val", 2)):
+        for c, colour in (("cats", 200), ("dogs", 50)):
+            os.makedirs(tmp_path / split / c)
+            for i in range(n):  # non-square, not at the target size
+                img = torch.full((3, 20 + i, 30), colour, dtype=torch.uint8)
+                torchvision.io.write_png(img, str(tmp_path / split / c / f"{i}.png"))
+    (tmp_path / "train" / "cats" / "notes.txt").write_text("not an image")  # skipped with a warning
+    args = argparse.Namespace(dataset="imagefolder", data_dir=str(tmp_path), image_size=16, train_subset=None)
+    data = common.load_data(args)
+    assert data.train_x.shape == (6, 3, 16, 16) and data.test_x.shape == (4, 3, 16, 16)
+    assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1] and data.classes == 2
+    assert data.train_x[0].float().mean().item() == pytest.approx(200) and data.train_x[3].max() == 50
+    assert (tmp_path / "cache-16px.pt").exists()
+    again = common.load_data(args)  # from the cache
+    assert torch.equal(again.train_x, data.train_x) and torch.equal(again.test_y, data.test_y)
