@@ -96,9 +96,11 @@ def parse_args(parser, argv=None):
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        given = set(vars(parser.parse_args(argv, namespace=argparse.Namespace(**{
-            k: "__unset__" for k in vars(args)}))).items())
-        given = {k for k, v in given if v != "__unset__"} - {"resume", "stop_after", "device"}
+        # parse again over a namespace of placeholders: argparse fills in defaults only where
+        # nothing is set, so whatever is not a placeholder afterwards was given on the command line
+        unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
+        given = {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
+        given -= {"resume", "stop_after", "device"}
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
         try:
             saved = json.load(open(os.path.join(run_dir, "args.json")))
@@ -181,10 +183,16 @@ class Meter:
         return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
 
 
-def atomic_write(path, write):
+def atomic_write(path, data):
+    """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
+    a crash mid-write leaves the old file whole."""
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the old file whole (rename is atomic)
+    if isinstance(data, str):
+        with open(tmp, "w") as f:
+            f.write(data)
+    else:
+        torch.save(data, tmp)
+    os.replace(tmp, path)
 
 
 class Run:
@@ -216,15 +224,14 @@ class Run:
         Returns the epoch to start from."""
         self.stateful = stateful
         os.makedirs(self.dir, exist_ok=True)
-        atomic_write(os.path.join(self.dir, "args.json"),
-                     lambda p: json.dump(vars(self.args), open(p, "w"), indent=1))
+        atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
         for f in (self.script, __file__):
             shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         log = os.path.join(self.dir, "log.jsonl")
         if self.checkpoint is None:
             self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
             print(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
-            atomic_write(log, lambda p: open(p, "w").write(json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n"))
+            atomic_write(log, json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
             return 0
         for k, obj in stateful.items():
             obj.load_state_dict(self.checkpoint["state"][k])
@@ -234,7 +241,7 @@ class Run:
         self.seconds = sum(l.get("seconds", 0) for l in lines)
         self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
         self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
-        atomic_write(log, lambda p: open(p, "w").writelines(json.dumps(l) + "\n" for l in lines))
+        atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
         print(f"resuming {self.dir} after epoch {done}")
         return done
 
@@ -257,8 +264,7 @@ class Run:
         with open(os.path.join(self.dir, "log.jsonl"), "a") as f:  # log first: resume trims it to last.pt
             f.write(json.dumps(row) + "\n")
         state = {k: obj.state_dict() for k, obj in self.stateful.items()}
-        atomic_write(self.ckpt_path, lambda p: torch.save(
-            {"epoch": epoch + 1, "args": vars(self.args), "state": state}, p))
+        atomic_write(self.ckpt_path, {"epoch": epoch + 1, "args": vars(self.args), "state": state})
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         return self.args.stop_after is not None and epoch + 1 >= self.args.stop_after
 
@@ -269,8 +275,7 @@ class Run:
         if self.args.linear_epochs > 0:
             seed_everything(self.args.seed)  # same result whether or not the run was resumed
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
-        atomic_write(os.path.join(self.dir, "results.json"),
-                     lambda p: json.dump(results, open(p, "w"), indent=1))
+        atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
         print(f"results: {json.dumps(results)}  ({self.dir})")
         return results
 
@@ -367,7 +372,7 @@ def load_imagefolder(root, size):
         if not xs:
             fail(f"--data-dir {root}: no images found in {split}/")
         out[f"{split}_x"], out[f"{split}_y"] = torch.stack(xs), torch.tensor(ys)
-    atomic_write(cache, lambda p: torch.save(out, p))
+    atomic_write(cache, out)
     return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"])
 
 
