@@ -31,8 +31,6 @@ def fail(message):
 
 # ----------------------------------------------------------------------------------- arguments
 DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "imagefolder")
-ARCHS = ("resnet18", "resnet50")
-OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -57,11 +55,9 @@ def get_parser(method, doc, **defaults):
     p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0])
     p.add_argument("--dataset", default="shapes", choices=DATASETS)
     p.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
-    p.add_argument("--image-size", type=positive(int), default=None,
-                   help="side in pixels (default: the dataset's own: 32, stl10 96, imagefolder 224)")
-    p.add_argument("--train-subset", type=positive(int), default=None,
-                   help="use only N train images (quick runs on a laptop)")
-    p.add_argument("--arch", default="resnet18", choices=ARCHS)
+    p.add_argument("--image-size", type=positive(int), help="pixels (default: 32, stl10 96, imagefolder 224)")
+    p.add_argument("--train-subset", type=positive(int), help="use only N train images (quick runs on a laptop)")
+    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
     p.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
     p.add_argument("--epochs", type=positive(int), default=100)
     p.add_argument("--batch-size", type=positive(int), default=256)
@@ -69,7 +65,7 @@ def get_parser(method, doc, **defaults):
     p.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine schedule")
     p.add_argument("--warmup-lr", type=float, default=0.0, help="start of the linear warmup")
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--optimizer", default="lars", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
     p.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
                    help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio (solo-learn clip_lr)")
     p.add_argument("--warmup-epochs", type=float, default=10)
@@ -78,10 +74,8 @@ def get_parser(method, doc, **defaults):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs")
     p.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
-    p.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue the run in folder RUN (or RUN/last.pt) with its saved arguments")
-    p.add_argument("--stop-after", type=positive(int), default=None,
-                   help="stop after this epoch, checkpoint kept (continue later with --resume)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
+    p.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
     p.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
     p.add_argument("--linear-epochs", type=int, default=0, help="offline linear evaluation epochs (0: skip)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
@@ -135,10 +129,9 @@ def seed_epoch(seed, epoch):
 def get_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps: MPS is not available here; use --device cpu or auto")
+    kind = name.split(":")[0]
+    if not {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(kind, lambda: True)():
+        fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -270,8 +263,7 @@ class Run:
 
     def finish(self, backbone, data):
         results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
-                   "init_knn_acc": self.init_knn,
-                   "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
+                   "init_knn_acc": self.init_knn, "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
         if self.args.linear_epochs > 0:
             seed_everything(self.args.seed)  # same result whether or not the run was resumed
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
@@ -355,20 +347,19 @@ def load_imagefolder(root, size):
     if os.path.exists(cache):
         c = torch.load(cache, weights_only=True)
         return (c["train_x"], c["train_y"]), (c["val_x"], c["val_y"])
-    classes = sorted(os.listdir(os.path.join(root, "train")))
+    _, class_to_idx = torchvision.datasets.folder.find_classes(os.path.join(root, "train"))
     out = {}
-    for split in ("train", "val"):
+    for split in ("train", "val"):  # torchvision's ImageFolder listing; val uses train's class indices
         xs, ys = [], []
-        for label, c in enumerate(classes):
-            folder = os.path.join(root, split, c)
-            for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-                try:
-                    img = torchvision.io.decode_image(os.path.join(folder, f), mode=torchvision.io.ImageReadMode.RGB)
-                except Exception:
-                    print(f"skipping {os.path.join(folder, f)}: not a decodable image", file=sys.stderr)
-                    continue
-                xs.append(resize_images(img[None], size)[0])
-                ys.append(label)
+        for path, label in torchvision.datasets.folder.make_dataset(
+                os.path.join(root, split), class_to_idx, torchvision.datasets.folder.IMG_EXTENSIONS, allow_empty=True):
+            try:
+                img = torchvision.io.decode_image(path, mode=torchvision.io.ImageReadMode.RGB)
+            except Exception:
+                print(f"skipping {path}: not a decodable image", file=sys.stderr)
+                continue
+            xs.append(resize_images(img[None], size)[0])
+            ys.append(label)
         if not xs:
             fail(f"--data-dir {root}: no images found in {split}/")
         out[f"{split}_x"], out[f"{split}_y"] = torch.stack(xs), torch.tensor(ys)
@@ -387,12 +378,11 @@ def resize_images(x, size):
 
 
 def channel_stats(x):
-    s, s2 = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    for chunk in x.split(4096):
-        c = chunk.double() / 255
-        s, s2 = s + c.mean((0, 2, 3)) * len(c), s2 + (c ** 2).mean((0, 2, 3)) * len(c)
-    mean = s / len(x)
-    return mean.tolist(), (s2 / len(x) - mean ** 2).sqrt().tolist()
+    """Per-channel mean and std of uint8 images (N, 3, H, W), in [0, 1] units, in chunks of float64."""
+    n = 255 * x.shape[0] * x.shape[2] * x.shape[3]
+    mean = sum(c.double().sum((0, 2, 3)) for c in x.split(4096)) / n
+    square = sum((c.double() ** 2).sum((0, 2, 3)) for c in x.split(4096)) / (255 * n)
+    return mean.tolist(), (square - mean ** 2).sqrt().tolist()
 
 
 def make_shapes(n, size=32, seed=0):
@@ -657,10 +647,8 @@ class ResNet(torchvision.models.ResNet):
         else:
             self.conv1, self.maxpool = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
         self.bn1, self.relu = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
+        for i, blocks in enumerate(layers):  # layer1..layer4: widths w, 2w, 4w, 8w
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2))
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Identity()
         self.out_dim = 8 * width * block.expansion
         for m in self.modules():  # torchvision's initialisation
@@ -765,8 +753,7 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
     """Offline linear evaluation of the frozen backbone, thesis appendix B.2: SGD momentum 0.9,
     no weight decay, lr 0.2 with cosine decay to 0.002, batch 256, crop + flip augmentation."""
     backbone.eval()
-    dim = extract_features(backbone, data.probe_x[:2], data, device).shape[1]
-    classifier = nn.Linear(dim, data.classes).to(device)
+    classifier = nn.Linear(backbone.out_dim, data.classes).to(device)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.2, momentum=0.9, weight_decay=0.0)
     loader = Loader(data.probe_x, data.probe_y, min(batch_size, len(data.probe_x)), device)
     augment, total = Augment("linear", data, data.test_x.shape[-1]), epochs * len(loader)
@@ -810,10 +797,8 @@ class LARS(torch.optim.Optimizer):
                     if group["clip"]:
                         trust = (trust / group["lr"]).clamp(max=1.0)
                     update = update * trust
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(update)
                 p.add_(buf, alpha=-group["lr"])
 
 
