@@ -13,7 +13,7 @@ Run:        python simclr.py --dataset cifar100                 (ResNet-18, 1000
 Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
             recipe at 1000 epochs (its table does not say online or offline). Measured here (CPU command
             above, kNN accuracy, 5 seeds): 0.19-0.22 at random initialisation
-            -> 0.29-0.34 after 10 epochs (margin 7.8-13.5 points). No GPU run yet.
+            -> 0.29-0.34 after 10 epochs (margin 8.1-14.3 points). No GPU run yet.
 Deviations:
 - The loss is the mean over all 2N anchors (paper); google-research's code sums the two halves (2x).
   Computed as a cross-entropy over logits (log-sum-exp), never with raw exp.
