@@ -50,10 +50,17 @@ def positive(kind):
     return parse
 
 
-def get_parser(method, doc, **defaults):
-    """The shared parser; a method file adds its own flags and overrides defaults (with sources)."""
-    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0])
+def get_parser(method, doc, recipes):
+    """The shared parser. `recipes` is the method file's table: recipes["all"] holds the method's
+    values for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first:
+    the defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
+    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], epilog=(
+        f"Defaults depend on --dataset: each dataset has a recipe, the RECIPES table near the top of "
+        f"{method}.py (the values shown above are before any recipe). The program prints the recipe "
+        f"it uses and the flags that override it; args.json keeps the final values."))
     p.add_argument("--dataset", default="shapes", choices=DATASETS)
+    p.add_argument("--recipe", choices=DATASETS, help="use another dataset's recipe, e.g. --recipe shapes "
+                   "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
     p.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
     p.add_argument("--image-size", type=positive(int), help="pixels (default: 32, stl10 96, imagefolder 224)")
     p.add_argument("--train-subset", type=positive(int), help="use only N train images (quick runs on a laptop)")
@@ -79,8 +86,17 @@ def get_parser(method, doc, **defaults):
     p.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
     p.add_argument("--linear-epochs", type=int, default=0, help="offline linear evaluation epochs (0: skip)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    p.set_defaults(method=method, **defaults)
+    p.set_defaults(method=method, **recipes.get("all", {}))
+    p.recipes = recipes
     return p
+
+
+def given_flags(parser, argv):
+    """Names of the arguments given on the command line. Parses again over a namespace of
+    placeholders: argparse fills in defaults only where nothing is set, so whatever is not a
+    placeholder afterwards was given."""
+    unset = argparse.Namespace(**{a.dest: "__unset__" for a in parser._actions})
+    return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
 
 
 def parse_args(parser, argv=None):
@@ -89,11 +105,8 @@ def parse_args(parser, argv=None):
         parser.error(f"argument --linear-epochs: must be 0 (skip) or more, got {args.linear_epochs}")
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
+    given = given_flags(parser, argv)
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        # parse again over a namespace of placeholders: argparse fills in defaults only where
-        # nothing is set, so whatever is not a placeholder afterwards was given on the command line
-        unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
-        given = {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
         given -= {"resume", "stop_after", "device"}
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
         try:
@@ -108,6 +121,14 @@ def parse_args(parser, argv=None):
                      f"({saved[k]}); resume uses the saved arguments, so drop the flag")
         vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
         args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
+    else:  # the dataset's recipe fills in whatever was not given on the command line
+        args.recipe = args.recipe or args.dataset
+        recipe = parser.recipes.get(args.recipe, {})
+        vars(args).update({k: v for k, v in recipe.items() if k not in given})
+        flags = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sorted(given)
+                         if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
+        print(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
+              + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
     if args.name is None:
         args.name = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     return args

@@ -33,20 +33,30 @@ import torch.nn.functional as F
 
 import common
 
-DEFAULTS = dict(  # solo-learn scripts/pretrain/cifar/simclr.yaml unless noted
-    epochs=1000,
-    batch_size=256,
-    lr=0.4,               # LARS, at batch 256
-    weight_decay=1e-4,
-    optimizer="lars",
-    lars_clip=True,       # clip_lr: True
-    warmup_epochs=10,     # solo-learn warmup_cosine default
-    policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
-)
+RECIPES = {
+    # every dataset: solo-learn scripts/pretrain/cifar/simclr.yaml unless noted
+    "all": dict(
+        epochs=1000,
+        batch_size=256,
+        lr=0.4,               # LARS, at batch 256
+        weight_decay=1e-4,
+        optimizer="lars",
+        lars_clip=True,       # clip_lr: True
+        warmup_epochs=10,     # solo-learn warmup_cosine default
+        policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
+    ),
+    # the CPU recipe (about a minute on 2 cores), measured here: see the module docstring
+    "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
+                   optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="moderate"),
+    "cifar10": dict(),
+    "cifar100": dict(),
+    "stl10": dict(),      # solo-learn has no STL-10 config; 96 px images get the ImageNet stem
+    "imagefolder": dict(),
+}
 
 
 def get_args(argv=None):
-    parser = common.get_parser("simclr", __doc__, **DEFAULTS)
+    parser = common.get_parser("simclr", __doc__, RECIPES)
     parser.add_argument("--temperature", type=common.positive(float), default=0.2, help="tau (solo-learn cifar)")
     parser.add_argument("--projector", default="mlp", choices=["mlp", "linear"],
                         help="mlp: Linear-ReLU-Linear (solo-learn); linear: one bias-free matrix (paper 004)")
@@ -71,7 +81,8 @@ def nt_xent_loss(z1, z2, temperature=0.2):
 
 
 # --------------------------------------------------------------------------------------- model
-class SimCLR(nn.Module):
+class Model(nn.Module):
+    """SimCLR: backbone + projector."""
     def __init__(self, args):
         super().__init__()
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
@@ -95,7 +106,7 @@ def main(argv=None):
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
     augment = common.Augment(args.policy, data, args.image_size)
-    model = common.prepare_model(SimCLR(args), args, device)
+    model = common.prepare_model(Model(args), args, device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)

@@ -58,7 +58,7 @@ def test_nt_xent_properties():
 def test_linear_projector_option():
     args = simclr.get_args(["--projector", "linear", "--proj-dim", "128", "--width", "4"])
     args.image_size = 32
-    model = simclr.SimCLR(args)
+    model = simclr.Model(args)
     assert isinstance(model.projector, torch.nn.Linear) and model.projector.bias is None
     assert model.projector.weight.shape == (128, 32)  # paper 004: 512 x 128 at width 64
 
