@@ -511,6 +511,9 @@ POLICIES = {  # each is (view 1, view 2)
     "asymmetric": (view(**_BYOL, blur_p=1.0), view(**_BYOL, blur_p=0.1, solarize_p=0.2)),
     # SimCLR (solo-learn cifar/augmentations/symmetric.yaml): s = 1 jitter, blur 0.5
     "symmetric": (view(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=0.5),) * 2,
+    # VICReg (solo-learn cifar/vicreg.yaml, its own augmentation block): both views crop 0.2-1,
+    # BYOL jitter, gray 0.2, no blur, solarize 0.1
+    "vicreg": (view(**_BYOL, crop_scale=(0.2, 1.0), solarize_p=0.1),) * 2,
     # ReSSL (solo-learn cifar/augmentations/ressl.yaml), weak view first
     "ressl": (view(), view(**_BYOL, blur_p=0.5)),
     "small": (strength(0.9, False, 0.05),) * 2,
