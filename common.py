@@ -38,16 +38,30 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive(kind):
+def checked(kind, ok, allowed):
+    """An argparse type: parse with `kind`, then refuse non-finite values and values where ok(value)
+    is false, naming what is allowed. Method files declare each flag's range with it, in one place."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
     return parse
+
+
+def positive(kind):
+    return checked(kind, lambda v: v > 0, "positive")
+
+
+def nonnegative(kind):
+    return checked(kind, lambda v: v >= 0, "0 or more")
+
+
+def in_range(kind, low, high):  # closed interval
+    return checked(kind, lambda v: low <= v <= high, f"in [{low}, {high}]")
 
 
 def get_parser(method, doc, recipes):
