@@ -10,8 +10,10 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
+import signal
 import sys
 import time
 
@@ -76,50 +78,49 @@ def get_parser(method, doc, recipes):
     p.add_argument("--recipe", choices=DATASETS, help="use another dataset's recipe, e.g. --recipe shapes "
                    "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
     p.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
-    p.add_argument("--image-size", type=positive(int), help="pixels (default: 32, stl10 96, imagefolder 224)")
+    p.add_argument("--image-size", type=in_range(int, 8, 4096), help="pixels (default: 32, stl10 96, imagefolder 224)")
     p.add_argument("--train-subset", type=positive(int), help="use only N train images (quick runs on a laptop)")
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
     p.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
     p.add_argument("--epochs", type=positive(int), default=100)
-    p.add_argument("--batch-size", type=positive(int), default=256)
+    p.add_argument("--batch-size", type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"),
+                   default=256)
     p.add_argument("--lr", type=positive(float), default=0.3)
-    p.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine schedule")
-    p.add_argument("--warmup-lr", type=float, default=0.0, help="start of the linear warmup")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
+    p.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
+    p.add_argument("--weight-decay", type=nonnegative(float), default=1e-4)
     p.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
     p.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
                    help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio (solo-learn clip_lr)")
-    p.add_argument("--warmup-epochs", type=float, default=10)
+    p.add_argument("--warmup-epochs", type=nonnegative(float), default=10)
     p.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"])
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative(int), default=0)
     p.add_argument("--out", default="runs")
     p.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
     p.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
     p.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
-    p.add_argument("--linear-epochs", type=int, default=0, help="offline linear evaluation epochs (0: skip)")
+    p.add_argument("--linear-epochs", type=nonnegative(int), default=0, help="offline linear evaluation epochs (0: skip)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.set_defaults(method=method, **recipes.get("all", {}))
     p.recipes = recipes
     return p
 
 
-def given_flags(parser, argv):
+def given_flags(parser, argv, args):
     """Names of the arguments given on the command line. Parses again over a namespace of
     placeholders: argparse fills in defaults only where nothing is set, so whatever is not a
     placeholder afterwards was given."""
-    unset = argparse.Namespace(**{a.dest: "__unset__" for a in parser._actions})
+    unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
     return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
 
 
 def parse_args(parser, argv=None):
     args = parser.parse_args(argv)
-    if args.linear_epochs < 0:
-        parser.error(f"argument --linear-epochs: must be 0 (skip) or more, got {args.linear_epochs}")
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
-    given = given_flags(parser, argv)
+    given = given_flags(parser, argv, args)
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
         given -= {"resume", "stop_after", "device"}
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
@@ -213,14 +214,24 @@ class Meter:
 
 def atomic_write(path, data):
     """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
-    a crash mid-write leaves the old file whole."""
+    a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
+    short write (full disk) never replaces a good file. A failed write ends in one line on stderr."""
     tmp = f"{path}.tmp{os.getpid()}"
-    if isinstance(data, str):
-        with open(tmp, "w") as f:
-            f.write(data)
-    else:
-        torch.save(data, tmp)
-    os.replace(tmp, path)
+    try:
+        if isinstance(data, str):
+            with open(tmp, "w") as f:
+                f.write(data)
+        else:
+            torch.save(data, tmp)
+            torch.load(tmp, map_location="cpu", weights_only=True)  # reads back, or raises
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C included: never leave the temp file behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError, EOFError, pickle.UnpicklingError)):
+            fail(f"could not write {path} ({e.__class__.__name__}: {str(e)[:80]}); the previous file is "
+                 "untouched (full disk? unwritable folder?)")
+        raise
 
 
 class Run:
@@ -240,9 +251,24 @@ class Run:
             except Exception as e:
                 fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
                      f"({e.__class__.__name__}); the file is left untouched")
+            if self.checkpoint["epoch"] >= args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
+                print(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
+                      f"To train longer, start a new run with a larger --epochs.")
+                raise SystemExit(0)
         elif os.path.exists(self.ckpt_path):
             fail(f"--name: {self.dir} already holds a run (last.pt); continue it with --resume {self.dir}, "
                  "or choose another --name or --out")
+        try:  # fail now, in one line, rather than after loading data and training an epoch
+            os.makedirs(args.out, exist_ok=True)
+            probe_file = os.path.join(args.out, f".write-test{os.getpid()}")
+            open(probe_file, "w").close()
+            os.remove(probe_file)
+        except OSError as e:
+            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
+        if os.path.isdir(self.dir):  # temp files of a run killed mid-write
+            for f in os.listdir(self.dir):
+                if ".tmp" in f:
+                    os.remove(os.path.join(self.dir, f))
         self.device = get_device(args.device)
         self.stateful, self.seconds, self.last_eval = {}, 0.0, {}
 
@@ -251,6 +277,7 @@ class Run:
         accuracy of the randomly initialised backbone as epoch 0 (the baseline learning must beat).
         Returns the epoch to start from."""
         self.stateful = stateful
+        signal.signal(signal.SIGINT, self.interrupted)
         os.makedirs(self.dir, exist_ok=True)
         atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
         for f in (self.script, __file__):
@@ -264,7 +291,7 @@ class Run:
         for k, obj in stateful.items():
             obj.load_state_dict(self.checkpoint["state"][k])
         done = self.checkpoint["epoch"]
-        lines = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+        lines = [json.loads(l) for l in open(log) if l.endswith("\n")] if os.path.exists(log) else []
         lines = [l for l in lines if l["epoch"] <= done]  # drop epochs logged after the checkpoint
         self.seconds = sum(l.get("seconds", 0) for l in lines)
         self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
@@ -272,6 +299,12 @@ class Run:
         atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
         print(f"resuming {self.dir} after epoch {done}")
         return done
+
+    def interrupted(self, *_):  # Ctrl-C: last.pt holds the last completed epoch (atomic writes)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        saved = (f"{self.ckpt_path} holds the last completed epoch; continue with --resume {self.dir}"
+                 if os.path.exists(self.ckpt_path) else "no epoch was completed, nothing to resume")
+        fail(f"interrupted (Ctrl-C); {saved}")
 
     def progress(self, loader, epoch):
         return tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False, dynamic_ncols=True,
@@ -398,7 +431,10 @@ def load_imagefolder(root, size):
         if not xs:
             fail(f"--data-dir {root}: no images found in {split}/")
         out[f"{split}_x"], out[f"{split}_y"] = torch.stack(xs), torch.tensor(ys)
-    atomic_write(cache, out)
+    try:
+        atomic_write(cache, out)
+    except SystemExit as e:  # a read-only data folder: train anyway, decode again next time
+        print(f"warning: {e} (not cached)", file=sys.stderr)
     return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"])
 
 
