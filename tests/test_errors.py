@@ -91,3 +91,79 @@ def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
     result = run("simclr.py", "--resume", tmp_path / "r", check=False)
     one_line_error(result, "nan", "--lr")
     assert digest(ckpt) == before
+
+
+def test_unwritable_out_folder(run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    one_line_error(run("simclr.py", *TINY, "--out", blocker / "runs", check=False), "--out", "cannot create")
+
+
+def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    import common
+    path = tmp_path / "last.pt"
+    common.atomic_write(str(path), {"epoch": 1})
+    before = digest(path)
+
+    def full_disk(obj, f):  # writes part of the file, then the disk is full
+        open(f, "wb").write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit) as e:
+        common.atomic_write(str(path), {"epoch": 2})
+    assert "No space left" in str(e.value) and "\n" not in str(e.value)
+    assert digest(path) == before and os.listdir(tmp_path) == ["last.pt"]  # no temp file left
+
+
+def test_short_write_is_caught_by_the_read_back(tmp_path, monkeypatch):
+    import torch
+
+    import common
+    path = tmp_path / "last.pt"
+    common.atomic_write(str(path), {"epoch": 1})
+    before = digest(path)
+    real_save = torch.save
+
+    def truncated(obj, f):  # "succeeds" but the file is cut short, as a full disk can do silently
+        real_save(obj, f)
+        data = open(f, "rb").read()
+        open(f, "wb").write(data[: len(data) // 2])
+    monkeypatch.setattr(torch, "save", truncated)
+    with pytest.raises(SystemExit, match="could not write"):
+        common.atomic_write(str(path), {"epoch": 2, "x": torch.zeros(1000)})
+    assert digest(path) == before and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_resume_of_a_finished_run_says_so(run, tmp_path):
+    run("simclr.py", *TINY, "--out", tmp_path, "--name", "r")
+    before = digest(tmp_path / "r" / "last.pt")
+    result = run("simclr.py", "--resume", tmp_path / "r")
+    assert "finished all its 1 epochs" in result.stdout and "--epochs" in result.stdout
+    assert digest(tmp_path / "r" / "last.pt") == before
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), *TINY, "--epochs", "50", "--out", str(tmp_path),
+           "--name", "r"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "r" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and f"--resume {tmp_path / 'r'}" in lines[0], err
+    import torch
+    done = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"]
+    assert done >= 1 and not [f for f in os.listdir(tmp_path / "r") if ".tmp" in f]
