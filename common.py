@@ -103,6 +103,8 @@ def get_parser(method, doc, recipes):
     p.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
     p.add_argument("--linear-epochs", type=nonnegative(int), default=0, help="offline linear evaluation epochs (0: skip)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
+                   "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     p.set_defaults(method=method, **recipes.get("all", {}))
     p.recipes = recipes
     return p
@@ -321,6 +323,8 @@ class Run:
         if (epoch + 1) % self.args.eval_every == 0 or epoch + 1 == self.args.epochs:
             self.last_eval = evaluate(backbone, probe, data, self.device)
             row.update(self.last_eval)
+        if self.args.track_every and (epoch + 1) % self.args.track_every == 0:
+            row.update(track(self.stateful["model"], data, self.device))
         self.seconds += seconds
         with open(os.path.join(self.dir, "log.jsonl"), "a") as f:  # log first: resume trims it to last.pt
             f.write(json.dumps(row) + "\n")
@@ -821,6 +825,13 @@ def evaluate(backbone, probe, data, device):
         with torch.no_grad():
             out["probe_acc"] = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
     return out
+
+
+def track(model, data, device, n=1000):
+    """Analysis measures of metrics.py (imported here, lazily: SPEC rule 2) on the first n test images,
+    the same ones every time so that epochs compare. For --track-every."""
+    import metrics
+    return metrics.track(model.backbone, model.projector, data.test_x[:n], data, device)
 
 
 def linear_eval(backbone, data, epochs, device, batch_size=256):
