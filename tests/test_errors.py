@@ -167,3 +167,45 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     import torch
     done = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"]
     assert done >= 1 and not [f for f in os.listdir(tmp_path / "r") if ".tmp" in f]
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
+    """SIGKILL a run several times at random moments (mid-epoch, mid-save, mid-log), resume it each
+    time, and compare with an uninterrupted run: same weights, same log, no temporary files."""
+    import json
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from conftest import ROOT
+    tiny = [*TINY, "--epochs", "4", "--eval-every", "1", "--out", str(tmp_path)]
+    run("simclr.py", *tiny, "--name", "straight")
+    rng, kills, d = random.Random(0), 0, tmp_path / "killed"
+    lines = lambda: len(open(d / "log.jsonl").readlines()) if (d / "log.jsonl").exists() else 0
+    for attempt in range(10):
+        cmd = ["--resume", str(d)] if (d / "last.pt").exists() else [*tiny, "--name", "killed"]
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "simclr.py"), *cmd], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kills < 3:  # once training has started (a new log line), kill at a random moment after it
+            start, deadline = lines(), time.time() + 300
+            while lines() <= start and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 2.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        proc.wait()
+        if (d / "results.json").exists():
+            break
+    assert kills >= 2 and (d / "results.json").exists(), (kills, attempt)
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "killed"))
+    for key, value in a["state"]["model"].items():
+        assert torch.equal(value, b["state"]["model"][key]), key
+    strip = lambda n: [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "images_per_sec")}
+                       for l in open(tmp_path / n / "log.jsonl")]
+    assert strip("straight") == strip("killed")
+    assert not [f for f in os.listdir(d) if ".tmp" in f]
