@@ -333,14 +333,17 @@ class Run:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         return self.args.stop_after is not None and epoch + 1 >= self.args.stop_after
 
-    def finish(self, backbone, data):
+    def finish(self, backbone, data, extra=None):
+        """Final results (and the offline linear evaluation when asked) into results.json; `extra`
+        holds a method's own final measurements."""
         results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
                    "init_knn_acc": self.init_knn, "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
         if self.args.linear_epochs > 0:
             seed_everything(self.args.seed)  # same result whether or not the run was resumed
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
+        results.update(extra or {})
         atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
-        print(f"results: {json.dumps(results)}  ({self.dir})")
+        print(f"results: {json.dumps({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
         return results
 
 
