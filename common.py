@@ -123,6 +123,7 @@ def parse_args(parser, argv=None):
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
     given = given_flags(parser, argv, args)
+    flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
         given -= {"resume", "stop_after", "device"}
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
@@ -134,7 +135,7 @@ def parse_args(parser, argv=None):
             fail(f"--resume {args.resume}: that is a {saved.get('method')} run; resume it with {saved.get('method')}.py")
         for k in sorted(given):
             if k in saved and saved[k] != getattr(args, k):
-                fail(f"--resume: --{k.replace('_', '-')} {getattr(args, k)} differs from the saved run "
+                fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run "
                      f"({saved[k]}); resume uses the saved arguments, so drop the flag")
         vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
         args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
@@ -142,7 +143,7 @@ def parse_args(parser, argv=None):
         args.recipe = args.recipe or args.dataset
         recipe = parser.recipes.get(args.recipe, {})
         vars(args).update({k: v for k, v in recipe.items() if k not in given})
-        flags = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sorted(given)
+        flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
                          if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
         print(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
               + (f"; overridden by {flags}" if flags else "; no flag overrides it"))

@@ -1,0 +1,303 @@
+"""SSLPM: Self-Supervised Learning with Predictability Minimization (paper 000, "Beyond Pairwise
+Correlations: Higher-Order Redundancies in Self-Supervised Representation Learning", section 3.4,
+appendices B, C, E; an anonymous submission, our copy has no arXiv id).
+
+Barlow Twins' invariance term plus a predictor that tries to guess masked embedding entries from the
+visible ones; the encoder makes that guess as hard as possible (predictability minimisation,
+Schmidhuber et al. 1996). Each view's projections are standardised per dimension over the batch and
+stacked: e = [Z_A; Z_B], shape (2N, D). A Bernoulli mask M (1 = hidden, --mask-fraction 0.5) hides
+entries; the predictor sees X = (1 - M) * e and is scored on the hidden entries only:
+    L_pred = 1/|M| sum_ij M_ij (R(X)_ij - e_ij)^2                      (eq. 11, second term)
+    C = Z_A^T Z_B / N          L_invariance = sum_i (1 - C_ii)^2        (eq. 11, first term)
+SSLPM-RR (--predictor ridge, the paper's best): R(X) = X W with the ridge closed form (eq. 13)
+    W = (X^T X + mu I)^-1 X^T e        (--target full, eq. 15)   or   X^T (M * e)   (--target masked, eq. 17)
+    L = L_invariance - lambda * D * L_pred                   (official code's scaling of eq. 11)
+SSLPM-SGD (--predictor mlp, section 3.4.1, appendix E): an MLP R_theta trained in an inner loop
+(AdamW, a fresh mask per step, early stop on a validation mask M_V), then
+    L = L_invariance - lambda * log(min(L_pred(M_V), 1))
+The predictor wins by predicting well; the encoder wins by leaving nothing predictable, so its loss
+subtracts L_pred. W is NOT detached: the encoder gets gradient through the closed form, as officially.
+
+Run:        python sslpm.py                              (CPU recipe on shapes: ~1 min of CPU, 2-3 min on a busy 2-core machine)
+            python sslpm.py --dataset cifar100           (paper recipe: ResNet-18, 1000 epochs, GPU)
+            python sslpm.py --predictor mlp --predictor-layers 1     (SSLPM-SGD 1l)
+            python sslpm.py --lambda 0                   (Table 2's ablation: invariance only)
+Expected:   paper Table 1 (online probe, 1000 epochs): SSLPM-RR 92.70 (CIFAR-10) / 70.46 (CIFAR-100);
+            SSLPM-SGD 1l 90.39 / 67.74, 3l 86.69 / 47.65; lambda = 0: 77.71 / 34.05 (Table 2).
+            Measured here (CPU recipe above, kNN accuracy, random init -> after 10 epochs, seeds 0/1/2):
+            SSLPM-RR        shapes 0.208 -> 0.288, 0.202 -> 0.248, 0.224 -> 0.240 (margin +8.0/+4.7/+1.7)
+                            digits 0.791 -> 0.749, 0.721 -> 0.741, 0.758 -> 0.766 (-4.2/+1.9/+0.8: no gain)
+            lambda = 0      shapes 0.208 -> 0.200, 0.202 -> 0.200 (seeds 0/1: no learning; Table 2's direction)
+            SSLPM-SGD 1l    shapes 0.208 -> 0.266 (seed 0; recipe caps the inner loop at 50 steps; ~6 min)
+            A weak CPU recipe: it learns on shapes but not on the digits. No GPU run yet.
+Deviations (and SPEC.md decisions):
+- Loss scaling as the official code (cl_lin_pred_min.py): C divides by N with unbiased-std
+  standardisation (so C_ii <= (N-1)/N), L_pred is multiplied by D (= --proj-dim) as well as lambda.
+  Equation 11 has neither factor: lambda_paper = lambda * D.
+- Standardisation uses the global batch (common.gather); the official code standardises per GPU and
+  all-reduces C. One process: identical.
+- The mask is Bernoulli(--mask-fraction) per entry; official: rand < int(D * f) / D (the same for D = 128).
+- The ridge system is solved by a Cholesky factorisation in float64 (float32 on MPS), never an
+  explicit inverse (official: torch.linalg.solve in float32). With --ridge 0 a system that is singular
+  (more dimensions than the 2N rows, or a dimension hidden in every row) stops with a one-line error
+  naming --ridge; paper appendix C.3: a small batch needs mu > 0. --ridge > 0 is always positive definite.
+- --target full is the default (official HEAD: mask_regression_target False); appendix B's W_0 is
+  --target masked (Table 3: no difference on CIFAR-10).
+- SSLPM-SGD follows the official cl_non_lin_pred_minv6.py where the paper is silent: the predictor
+  persists across steps (its weights, AdamW state and lr are saved in last.pt, so --resume is exact),
+  its input is [X, M] (the mask as an indicator, 2D inputs), hidden width 128, patience 1 (stop after
+  2 validation steps without improvement), and its lr is adapted after each inner loop: x1.005 if it ran
+  more than 25 steps, /1.005 otherwise, kept in [1e-5, 0.1] (appendix E describes a fixed 25-batch
+  warm-up instead). Differences: no BatchNorm in the predictor (the paper lists only ReLU; official has
+  BN), standardisation by unbiased std (official: BatchNorm1d, biased), and the encoder term uses the
+  validation mask only (paper 3.4.1; official averages 10 masks, the first being M_V).
+- lambda defaults per variant (LAMBDA): the official configs' 0.15 (ridge), 64 (mlp, 1 layer), 0.5 (mlp,
+  3 layers); on shapes the ridge variant uses 1.0 (measured here: 0.15 at D = 64 let L_pred fall to 0.02,
+  redundant embeddings, kNN 0.208 -> 0.197; 1.0 and D = 32 keep L_pred near 0.65, the paper's Table 3 value).
+- CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur).
+"""
+import time
+
+import torch
+import torch.nn as nn
+
+import common
+
+RECIPES = {
+    # every dataset: official scripts/pretrain/cifar/cl_lin_pred_min.yaml unless noted
+    "all": dict(
+        epochs=1000,
+        batch_size=256,
+        lr=0.3,               # LARS; the fork undoes solo-learn's batch scaling (main_pretrain.py)
+        weight_decay=1e-4,
+        optimizer="lars",
+        lars_clip=True,       # clip_lr: True, eta 0.02 (common.LARS default)
+        warmup_epochs=10,     # solo-learn warmup_cosine default
+        warmup_lr=3e-5,       # solo-learn scheduler.warmup_start_lr default
+        policy="asymmetric",  # augmentations: asymmetric.yaml
+        proj_hidden=2048, proj_dim=128,  # proj_size 3: Linear-BN-ReLU-Linear-BN-ReLU-Linear
+        ridge=0.0,            # ridge_lambd: 0 (2N = 512 rows >= D = 128)
+        mask_fraction=0.5,    # mask_fraction: 0.5
+    ),
+    # the CPU recipe (about a minute on 2 cores), measured here: see Expected in the docstring
+    "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
+                   optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="moderate",
+                   proj_hidden=256, proj_dim=32, ridge=8.0,  # lr, projector, ridge: measured here
+                   predictor_steps=50),  # mlp: CPU time (500 inner steps: ~10 min), measured here
+    "cifar10": dict(),
+    "cifar100": dict(),
+    "stl10": dict(),      # the paper has no STL-10 run; 96 px images get the ImageNet stem
+    "imagefolder": dict(),
+}
+# --lambda when not given, per variant (it multiplies D * L_pred for ridge, log L_pred for mlp):
+# paper recipes: official cl_lin_pred_min.yaml (lamb 0.15), cl_non_lin_pred_minv6_1layer.yaml (pred_lamb 64)
+# and cl_non_lin_pred_minv6.yaml (pred_lamb 0.5); shapes: measured here
+LAMBDA = {"paper": {"ridge": 0.15, "mlp1": 64.0, "mlp3": 0.5},
+          "shapes": {"ridge": 1.0, "mlp1": 64.0, "mlp3": 0.5}}
+
+
+def get_args(argv=None):
+    parser = common.get_parser("sslpm", __doc__, RECIPES)
+    parser.add_argument("--lambda", dest="lambd", type=common.nonnegative(float), default=None,
+                        help="weight of the prediction term; 0 = Table 2 ablation (default: per variant, "
+                             "0.15 ridge, 64 mlp 1 layer, 0.5 mlp 3 layers; official configs)")
+    parser.add_argument("--predictor", default="ridge", choices=["ridge", "mlp"],
+                        help="ridge: SSLPM-RR closed form (section 3.4.2); mlp: SSLPM-SGD (section 3.4.1)")
+    parser.add_argument("--ridge", type=common.nonnegative(float), default=0.0, help="ridge penalty mu (eq. 12)")
+    parser.add_argument("--target", default="full", choices=["full", "masked"],
+                        help="ridge target: full e (eq. 15) or M * e (appendix B, eq. 17)")
+    parser.add_argument("--mask-fraction", type=common.checked(float, lambda v: 0 < v < 1, "in (0, 1)"),
+                        default=0.5, help="probability that an entry is hidden (paper: 1/2)")
+    parser.add_argument("--predictor-layers", type=int, choices=[1, 3], default=1,
+                        help="mlp: 1 = one linear layer (SSLPM-SGD 1l), 3 = two hidden layers of 128 (3l)")
+    parser.add_argument("--predictor-steps", type=common.positive(int), default=500,
+                        help="mlp: most inner steps per encoder step (appendix E)")
+    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="official cifar")
+    parser.add_argument("--proj-dim", type=common.positive(int), default=128, help="official cifar (D)")
+    args = common.parse_args(parser, argv)
+    if args.lambd is None:
+        variant = "ridge" if args.predictor == "ridge" else f"mlp{args.predictor_layers}"
+        args.lambd = LAMBDA["shapes" if args.recipe == "shapes" else "paper"][variant]
+    if args.predictor == "ridge" and args.ridge == 0 and args.proj_dim > 2 * args.batch_size:
+        parser.error(f"argument --ridge: 0 needs at least --proj-dim {args.proj_dim} rows, but the regression "
+                     f"has 2 x --batch-size = {2 * args.batch_size}; use --ridge > 0 (paper appendix C.3)")
+    return args
+
+
+# ---------------------------------------------------------------------------------------- loss
+def standardize(z):
+    """Each dimension to mean 0, unbiased std 1 over the batch; z: (N, D)."""
+    return (z - z.mean(0)) / z.std(0)
+
+
+def invariance_loss(z1, z2):
+    """sum_i (1 - C_ii)^2, C = Z_A^T Z_B / N of the standardised views (eq. 11, official scaling)."""
+    a, b = standardize(z1.float()), standardize(z2.float())                    # (N, D) each
+    c_diag = (a * b).sum(0) / a.shape[0]                                        # (D,) diagonal of C
+    return ((1 - c_diag) ** 2).sum()
+
+
+def random_mask(n, d, fraction, device):
+    """M: (n, d) bool, True = hidden from the predictor (Bernoulli(fraction) per entry)."""
+    return torch.rand(n, d, device=device) < fraction
+
+
+def ridge_weights(x, y, ridge):
+    """W = (X^T X + mu I)^-1 X^T Y (eq. 13) by a Cholesky factorisation; x (R, D), y (R, D).
+    Raises ValueError if mu = 0 and X^T X is singular."""
+    gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)  # (D, D)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if ridge == 0 and info.item() != 0:  # mu > 0 makes gram positive definite: no check (no sync) needed
+        raise ValueError(f"the ridge system X^T X ({x.shape[1]} x {x.shape[1]}, from {x.shape[0]} rows) is "
+                         "singular; use a ridge penalty > 0 (paper appendix C.3)")
+    return torch.cholesky_solve(x.T @ y, chol)                                  # (D, D)
+
+
+def ridge_predictability_loss(e, mask, ridge, target="full"):
+    """L_pred of SSLPM-RR: the mean squared error of the ridge prediction over the hidden entries only.
+    e: (2N, D) standardised embeddings; mask: (2N, D) bool, True = hidden. Gradient flows through W."""
+    dtype, e = e.dtype, e.to(torch.float32 if e.device.type == "mps" else torch.float64)  # MPS: no float64
+    x = e.masked_fill(mask, 0.0)                                                # (2N, D) X = (1 - M) * e
+    y = e if target == "full" else e.masked_fill(~mask, 0.0)                    # eq. 15 or eq. 17 target
+    w = ridge_weights(x, y, ridge)                                              # (D, D)
+    return ((x @ w - e) ** 2)[mask].mean().to(dtype)                            # 1/|M| sum M (XW - e)^2
+
+
+def sslpm_loss(z1, z2, mask, lambd=0.15, ridge=0.0, target="full"):
+    """SSLPM-RR: (loss, invariance, prediction) with loss = invariance - lambd * D * prediction.
+    z1, z2: (N, D) projections of the two views; mask: (2N, D) bool."""
+    e = torch.cat([standardize(z1.float()), standardize(z2.float())])            # (2N, D)
+    invariance = invariance_loss(z1, z2)
+    prediction = ridge_predictability_loss(e, mask, ridge, target)
+    return invariance - lambd * e.shape[1] * prediction, invariance, prediction
+
+
+class MLPPredictor:
+    """SSLPM-SGD's predictor R_theta (section 3.4.1): an MLP on [X, M] (2D inputs) -> D, trained on
+    detached embeddings with its own AdamW (lr 1e-3, weight decay 1e-6; appendix E). It persists across
+    encoder steps; state_dict() holds what --resume needs."""
+    PATIENCE, STEPS_TARGET, LR_FACTOR, LR_RANGE = 1, 25, 1.005, (1e-5, 0.1)  # official v6 config
+
+    def __init__(self, dim, layers, device, max_steps=500, mask_fraction=0.5, hidden=128):
+        self.net = common.projector([2 * dim] + [hidden] * (layers - 1) + [dim], batchnorm=False).to(device)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-3, weight_decay=1e-6)
+        self.max_steps, self.mask_fraction = max_steps, mask_fraction
+
+    def error(self, e, mask):
+        """Masked MSE of R_theta([(1 - M) * e, M]) against e, over hidden entries (eq. 9 / |M|)."""
+        prediction = self.net(torch.cat([e.masked_fill(mask, 0.0), mask.float()], 1))  # (2N, D)
+        return ((prediction - e) ** 2)[mask].mean()
+
+    def fit(self, e, val_mask):
+        """Inner loop on e.detach(): a fresh mask per step, early stop on val_mask. Returns the steps."""
+        e = e.detach()
+        with torch.no_grad():
+            best = self.error(e, val_mask).item()
+        steps = bad = 0
+        while steps < self.max_steps and bad <= self.PATIENCE:
+            steps += 1
+            loss = self.error(e, random_mask(*e.shape, self.mask_fraction, e.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                val = self.error(e, val_mask).item()
+            bad, best = (bad + 1, best) if val > best else (0, val)
+        self.optimizer.zero_grad(set_to_none=True)  # nothing of the inner loop is left behind
+        for group in self.optimizer.param_groups:  # official lr controller: aim at ~25 steps per loop
+            lr = group["lr"] * (self.LR_FACTOR if steps > self.STEPS_TARGET else 1 / self.LR_FACTOR)
+            group["lr"] = min(max(lr, self.LR_RANGE[0]), self.LR_RANGE[1])
+        return steps
+
+    def encoder_error(self, e, val_mask):
+        """L_pred(M_V) with gradient to e only: the encoder's optimizer never moves the predictor."""
+        self.net.requires_grad_(False)
+        try:
+            return self.error(e.float(), val_mask)
+        finally:
+            self.net.requires_grad_(True)
+
+    def state_dict(self):
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+# --------------------------------------------------------------------------------------- model
+class Model(nn.Module):
+    """SSLPM: backbone + projector (official proj_size 3: two hidden layers with BatchNorm)."""
+    def __init__(self, args):
+        super().__init__()
+        self.backbone = common.backbone(args.arch, args.width, args.image_size)
+        dim = self.backbone.out_dim
+        self.projector = common.projector([dim, args.proj_hidden, args.proj_hidden, args.proj_dim], batchnorm=True)
+
+    def forward(self, x):
+        h = self.backbone(x)            # (N, F) representation used downstream
+        return h, self.projector(h)     # (N, D) projection used by the loss
+
+
+# ------------------------------------------------------------------------------------ training
+def main(argv=None):
+    args = get_args(argv)
+    run = common.Run(args, __file__)
+    device = run.device
+    common.seed_everything(args.seed)
+    data = common.load_data(args)
+    loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
+    augment = common.Augment(args.policy, data, args.image_size)
+    model = common.prepare_model(Model(args), args, device)
+    probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
+    optimizer = common.make_optimizer(model, args)
+    stateful = dict(model=model, optimizer=optimizer, probe=probe)
+    if args.predictor == "mlp":
+        stateful["predictor"] = predictor = MLPPredictor(args.proj_dim, args.predictor_layers, device,
+                                                         args.predictor_steps, args.mask_fraction)
+    start = run.start(data, model.backbone, **stateful)
+    steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
+
+    for epoch in range(start, args.epochs):
+        common.seed_epoch(args.seed, epoch)
+        model.train()
+        meter, t0 = common.Meter(), time.time()
+        bar = run.progress(loader, epoch)
+        for i, (images, labels) in enumerate(bar):
+            step = epoch * len(loader) + i
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
+            if device.type == "cuda":
+                x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+            with common.autocast(device):
+                h1, z1 = model(x1)
+                h2, z2 = model(x2)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
+            mask = random_mask(2 * len(z1), z1.shape[1], args.mask_fraction, device)  # (2N, D)
+            extra = {}
+            if args.predictor == "ridge":
+                try:
+                    loss, invariance, prediction = sslpm_loss(z1, z2, mask, args.lambd, args.ridge, args.target)
+                except ValueError as e:
+                    common.fail(f"--ridge {args.ridge}: {e}")
+            else:  # mask is the validation mask M_V of section 3.4.1
+                e = torch.cat([standardize(z1), standardize(z2)])                # (2N, D)
+                extra["predictor_steps"] = torch.tensor(float(predictor.fit(e, mask)))
+                invariance, prediction = invariance_loss(z1, z2), predictor.encoder_error(e, mask)
+                loss = invariance - args.lambd * torch.log(prediction.clamp(max=1.0))  # appendix E
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            probe_loss = probe.step(h1, labels)
+            meter.add(loss=loss, invariance=invariance, prediction=prediction, probe_loss=probe_loss, **extra)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        seconds = time.time() - t0
+        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
+            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
+            return
+    run.finish(model.backbone, data)
+
+
+if __name__ == "__main__":
+    main()
