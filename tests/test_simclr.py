@@ -115,8 +115,9 @@ def test_resume_is_exact(run, tmp_path):
 
 
 # The recipe a user gets from `python simclr.py` (RECIPES["shapes"]). Measured on the 2-core CI machine,
-# kNN accuracy at random initialisation -> after training: see LEARN_MIN_MARGIN's comment.
-LEARN_MIN_MARGIN = 0.04
+# kNN accuracy at random initialisation -> after training, seeds 0-2: 0.208 -> 0.365, 0.202 -> 0.344,
+# 0.224 -> 0.370 (margins 14.2-15.7 points). The bound is about half the smallest margin.
+LEARN_MIN_MARGIN = 0.07
 
 
 def test_simclr_learns_on_shapes(recipe_run):
