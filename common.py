@@ -105,7 +105,7 @@ def get_parser(method, doc, recipes):
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
                    "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
-    p.set_defaults(method=method, **recipes.get("all", {}))
+    p.set_defaults(method=method)
     p.recipes = recipes
     return p
 
@@ -119,7 +119,8 @@ def given_flags(parser, argv, args):
 
 
 def parse_args(parser, argv=None):
-    args = parser.parse_args(argv)
+    parser.set_defaults(**parser.recipes.get("all", {}))  # here, after the method file added its flags:
+    args = parser.parse_args(argv)                          # a flag's own default would win otherwise
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
     given = given_flags(parser, argv, args)
