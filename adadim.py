@@ -1,0 +1,317 @@
+"""AdaDim: Dimensionality Adaptation for SSL Representational Dynamics (paper 003; anonymous ICLR
+submission under review, no arXiv id in our copy; no official code).
+
+VICReg (feature decorrelation) dominates while the embedding space is low-dimensional, InfoNCE
+(sample uniformity) takes over as its effective rank grows, and a small term keeps the mutual
+information between the backbone's representation R and the projector's embedding Z up (eq. 5):
+    L = (1 - beta) * [(1 - alpha) * L_VICReg + alpha * L_NCE] - beta * L_mut
+    alpha = ER(cat(Z, Z')) / min(2N, D)    mean over 10 random training batches, every 20 epochs
+    beta  = gamma * alpha                  gamma = 1e-4
+    L_VICReg = 25 * invariance + 25 * variance + 1 * covariance      (VICReg's official conventions)
+    L_NCE    = InfoNCE of SimCLR on L2-normalised embeddings, temperature 0.1, mean over 2N anchors
+    L_mut    = (I(R'; Z) + I(R; Z')) / 2   order-2 Renyi matrix mutual information of opposite views:
+               K = Gram of the L2-normalised rows / n (trace 1), H_2(K) = -log tr(K^2),
+               I(A; B) = H_2(A) + H_2(B) - H_2(A * B / tr(A * B))   (* = Hadamard product)
+ER is the effective rank of Roy & Vetterli: exp of the entropy of the L1-normalised singular values.
+
+Run:        python adadim.py                                     (CPU recipe on shapes, minutes on 2 cores)
+            python adadim.py --dataset cifar100                  (ResNet-18, 1000 epochs, GPU)
+            python adadim.py --dataset cifar100 --momentum 0.996 (with the momentum encoder, A.3)
+            python adadim.py --alpha-mode fixed --alpha 0.5 --gamma 0    (Table 2 / Table 16 rows)
+Expected:   paper Table 4 (ResNet-18, 1000 epochs, batch 256): 92.81% CIFAR-10 / 71.20% CIFAR-100 for
+            this baseline setting (online linear, A.4.1), 93.61% / 74.31% with a momentum encoder in the
+            expanded setting (offline linear, A.4.2). Measured here (CPU recipe, kNN accuracy, seeds 0-2,
+            random initialisation -> 10 epochs): shapes 0.208 -> 0.285, 0.202 -> 0.231, 0.224 -> 0.273;
+            digits (benchmarks/recipes.py) 0.791 -> 0.763, 0.721 -> 0.830, 0.758 -> 0.766. With
+            --momentum 0.996 (seeds 0-1): shapes 0.208 -> 0.265, 0.202 -> 0.247; digits 0.791 -> 0.864,
+            0.721 -> 0.830. Alpha: 0.70-0.77 on the random network, down to 0.21-0.24 by epoch 2-5, then
+            rising to 0.25-0.27 (momentum: falling steadily to 0.32-0.33). No GPU run yet.
+Deviations:
+- Loss weights as equation 5 and the text (VICReg early, InfoNCE late, Figure 5c); the appendix A.3
+  pseudocode swaps alpha and 1 - alpha and tests `alpha_epoch % current_epoch`: both slips (SPEC.md).
+  Alpha is computed at the start of epochs 0, e, 2e, ... (e = --alpha-every) right after the epoch is
+  reseeded, on 10 freshly drawn and augmented batches in train mode (BatchNorm buffers restored after).
+- H_2 is the order-2 Renyi entropy of appendix A.6 (-log tr K^2); section 4 prints a factor 1/2.
+  Gram matrices are divided by their trace (= n for unit rows), so the Hadamard one is trace 1 too.
+- Momentum encoder (A.3): EMA of backbone + projector parameters, momentum 0.996 rising to 1 on a
+  cosine over the steps (BYOL), updated after each optimizer step; it runs in train mode without
+  gradient. As the pseudocode: VICReg and InfoNCE averaged over (z1, z2m) and (z1m, z2), L_mut over
+  four pairs / 4 (the two momentum pairs carry no gradient), alpha from cat(z1, z2m).
+- The expanded setting of Table 7 (SGD, ReSSL augmentation, 512-d projector output with a final
+  BatchNorm, Table 8 offline evaluation) is not a recipe; pass its flags to approximate it.
+- VICReg as official code (variance term halved, invariance MSE over N * D entries); InfoNCE as
+  simclr.py (mean over 2N anchors, log-sum-exp). LARS as simclr.py (solo-learn eta 0.02, clip).
+- --alpha-mode linear/cosine rise from 0 to 1 per epoch (Table 2 does not give their form);
+  --beta-mode fixed uses beta = gamma throughout (Table 2's "beta = 1" rows).
+"""
+import copy
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+RECIPES = {
+    # every dataset: the baseline setting, paper Table 7 and appendix A.4.1, unless noted
+    "all": dict(
+        epochs=1000,          # Table 9: CIFAR-10/100 with ResNet-18 (ResNet-50 rows: 400)
+        batch_size=256,
+        lr=0.4,               # LARS
+        weight_decay=1e-4,
+        optimizer="lars",
+        lars_clip=True,       # not in the paper; solo-learn cifar/vicreg.yaml (its VICReg baseline, Table 10)
+        warmup_epochs=10,
+        policy="asymmetric",  # Table 11, "the asymmetric augmentation scheme of (11)"
+        temperature=0.1, gamma=1e-4, alpha_every=20,
+        proj_hidden=2048,     # "3-layer MLP projector" with output 2048 (section 5); hidden 2048 as
+        proj_dim=2048,        # solo-learn cifar/vicreg.yaml, the paper's VICReg comparison (Table 10)
+    ),
+    # the CPU recipe, data and backbone as simclr.py's; the method's values measured here (seed 0,
+    # kNN after 10 epochs, from 0.208 at initialisation): lr 2e-3 / 5e-3 with a 256-256-256 projector
+    # 0.243 / 0.264, 1024-wide at 2e-3 0.277 (twice as slow), 256-64 0.228, 512-wide at 5e-3 0.285.
+    # alpha_every=1: 10 alpha updates in 10 epochs (the paper makes 20 in 400); with 20, alpha is
+    # measured once, on the random network (0.67), and never adapts (0.256 vs 0.243 at lr 2e-3).
+    "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
+                   optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="moderate",
+                   proj_hidden=512, proj_dim=512, alpha_every=1),
+    "cifar10": dict(),
+    "cifar100": dict(),
+    "stl10": dict(epochs=400, gamma=1e-2),  # Table 9, STL10 baseline row (ResNet-50: --arch resnet50)
+    "imagefolder": dict(),
+}
+
+
+def get_args(argv=None):
+    parser = common.get_parser("adadim", __doc__, RECIPES)
+    parser.add_argument("--temperature", type=common.positive(float), default=0.1, help="InfoNCE tau (Table 7)")
+    parser.add_argument("--gamma", type=common.in_range(float, -1, 1), default=1e-4,
+                        help="beta = gamma * alpha (Table 7; 0 removes L_mut; Table 9 tunes it per dataset)")
+    parser.add_argument("--alpha-mode", default="ada", choices=["ada", "fixed", "linear", "cosine"],
+                        help="ada: effective rank (eq. 5); the others are Table 2 / Table 16 alternatives")
+    parser.add_argument("--alpha", type=common.in_range(float, 0, 1), default=0.5, help="for --alpha-mode fixed")
+    parser.add_argument("--beta-mode", default="ada", choices=["ada", "fixed"], help="fixed: beta = gamma")
+    parser.add_argument("--alpha-every", type=common.positive(int), default=20, help="epochs between alpha updates")
+    parser.add_argument("--alpha-batches", type=common.positive(int), default=10, help="batches per alpha update")
+    parser.add_argument("--momentum", type=common.in_range(float, 0, 1), default=0.0,
+                        help="base EMA momentum of a momentum encoder (A.3, Table 8: 0.996); 0: none")
+    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048)
+    parser.add_argument("--proj-dim", type=common.positive(int), default=2048)
+    return common.parse_args(parser, argv)
+
+
+# ---------------------------------------------------------------------------------------- loss
+def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
+    """VICReg (appendix A.5) with the official code's conventions; z1, z2: (N, D)."""
+    z1, z2 = z1.float(), z2.float()
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)                                             # mean over N * D entries
+    z1, z2 = z1 - z1.mean(0), z2 - z2.mean(0)
+    std1, std2 = (torch.sqrt(z.var(0) + 1e-4) for z in (z1, z2))              # (D,) regularised std
+    variance = F.relu(1 - std1).mean() / 2 + F.relu(1 - std2).mean() / 2
+    off_diagonal = ~torch.eye(d, dtype=torch.bool, device=z1.device)
+    covariance = sum((z.T @ z / (n - 1))[off_diagonal].pow(2).sum() / d for z in (z1, z2))  # (D, D) each
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def info_nce_loss(z1, z2, temperature=0.1):
+    """InfoNCE (appendix A.5): each of the 2N normalised embeddings picks out its partner among the
+    2N - 1 others; mean over the 2N anchors of -log softmax(cosine / tau)[partner]."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D)
+    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))              # (2N, 2N), no self-pairs
+    partner = torch.arange(2 * n, device=z.device).roll(n)                      # i <-> i + N
+    return F.cross_entropy(logits, partner)
+
+
+def renyi_entropy(gram):
+    """Order-2 Renyi matrix entropy (appendix A.6): H_2(K) = -log tr(K^2), K = gram / tr(gram)."""
+    k = gram / torch.diagonal(gram).sum()                                       # (n, n), trace 1
+    return -torch.log((k * k).sum())                                            # tr(K^2) = ||K||_F^2, K symmetric
+
+
+def renyi_mutual_information(r, z):
+    """I(R; Z) = H_2(A) + H_2(B) - H_2(A * B) (section 4, appendix A.6) with A, B the Gram matrices
+    of the L2-normalised rows of r (n, d_r) and z (n, d_z)."""
+    r, z = F.normalize(r.float(), dim=1), F.normalize(z.float(), dim=1)
+    a, b = r @ r.T, z @ z.T                                                     # (n, n) each
+    return renyi_entropy(a) + renyi_entropy(b) - renyi_entropy(a * b)          # Hadamard product
+
+
+def effective_rank(z):
+    """Roy & Vetterli (paper ref. 38): exp(entropy of the singular values divided by their sum)."""
+    s = torch.linalg.svdvals(z.double())
+    p = s / s.sum()
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum())             # 0 log 0 = 0
+
+
+def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
+    """Equation 5. z: projector outputs (N, D), r: backbone outputs (N, F) of views 1 and 2.
+    momentum: (z1m, z2m, r1m, r2m) of the momentum encoder, paired as in appendix A.3.
+    Returns the loss and its terms (vicreg, nce, mutual_information)."""
+    if momentum is None:
+        vicreg = vicreg_loss(z1, z2)
+        nce = info_nce_loss(z1, z2, temperature)
+        mutual = (renyi_mutual_information(r2, z1) + renyi_mutual_information(r1, z2)) / 2
+    else:
+        z1m, z2m, r1m, r2m = momentum
+        vicreg = (vicreg_loss(z1, z2m) + vicreg_loss(z1m, z2)) / 2
+        nce = (info_nce_loss(z1, z2m, temperature) + info_nce_loss(z1m, z2, temperature)) / 2
+        mutual = (renyi_mutual_information(r2, z1) + renyi_mutual_information(r1, z2) +
+                  renyi_mutual_information(r2m, z1m) + renyi_mutual_information(r1m, z2m)) / 4
+    loss = (1 - beta) * ((1 - alpha) * vicreg + alpha * nce) - beta * mutual
+    return loss, dict(vicreg=vicreg, nce=nce, mutual_information=mutual)
+
+
+# ------------------------------------------------------------------------------ alpha and beta
+class AlphaSchedule:
+    """alpha, beta and the effective rank they came from. start_epoch(epoch, measure) re-measures at
+    epochs 0, every, 2 * every, ...; measure() returns (effective rank, effective rank / min dim).
+    Saved in last.pt so a resumed run keeps the alpha of its current window."""
+    def __init__(self, args):
+        self.mode, self.every, self.epochs, self.gamma = args.alpha_mode, args.alpha_every, args.epochs, args.gamma
+        self.fixed_alpha, self.beta_mode = args.alpha, args.beta_mode
+        self.alpha = self.beta = self.effective_rank = 0.0
+
+    def start_epoch(self, epoch, measure):
+        if epoch % self.every == 0:  # measured in every mode, so that it is logged
+            self.effective_rank, ratio = measure()
+            if self.mode == "ada":
+                self.alpha = ratio
+        t = epoch / max(1, self.epochs - 1)
+        if self.mode != "ada":
+            self.alpha = {"fixed": self.fixed_alpha, "linear": t, "cosine": (1 - math.cos(math.pi * t)) / 2}[self.mode]
+        self.beta = self.gamma * self.alpha if self.beta_mode == "ada" else self.gamma
+
+    def state_dict(self):
+        return {"alpha": self.alpha, "beta": self.beta, "effective_rank": self.effective_rank}
+
+    def load_state_dict(self, state):
+        self.alpha, self.beta, self.effective_rank = state["alpha"], state["beta"], state["effective_rank"]
+
+
+@torch.no_grad()
+def measure_alpha(online, second, images, augment, batch_size, batches, device):
+    """Mean effective rank of cat(z1, z2) over `batches` random training batches and its ratio to
+    min(2N, D) (section 4). `second` embeds view 2 (the momentum encoder in A.3). Train mode, as the
+    training step; BatchNorm running statistics are put back afterwards."""
+    nets = [online] if second is online else [online, second]
+    saved = [{k: v.clone() for k, v in net.named_buffers()} for net in nets]
+    ranks, ratios = [], []
+    for _ in range(batches):
+        idx = torch.randperm(len(images), device=images.device)[:batch_size]
+        x1, x2 = augment(images[idx].to(device))
+        with common.autocast(device):
+            z1, z2 = online(x1)[1], second(x2)[1]
+        z = common.gather(torch.cat([z1, z2]).float())                          # (2N, D) global batch
+        ranks.append(effective_rank(z).item())
+        ratios.append(ranks[-1] / min(z.shape))
+    for net, buffers in zip(nets, saved):
+        for k, v in net.named_buffers():
+            v.copy_(buffers[k])
+    return sum(ranks) / batches, sum(ratios) / batches
+
+
+# --------------------------------------------------------------------------------------- model
+class Model(nn.Module):
+    """AdaDim: backbone + 3-layer MLP projector (Linear-BN-ReLU x 2, Linear), as VICReg's."""
+    def __init__(self, args):
+        super().__init__()
+        self.backbone = common.backbone(args.arch, args.width, args.image_size)
+        self.projector = common.projector([self.backbone.out_dim, args.proj_hidden, args.proj_hidden, args.proj_dim])
+
+    def forward(self, x):
+        h = self.backbone(x)            # (N, F) representation R
+        return h, self.projector(h)     # (N, D) embedding Z
+
+
+class MomentumEncoder:
+    """Appendix A.3: a copy of backbone + projector updated as an exponential moving average,
+    m <- tau m + (1 - tau) theta, tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2 (BYOL), k = step."""
+    def __init__(self, model, base):
+        self.model, self.base = copy.deepcopy(model).requires_grad_(False), base
+
+    def tau(self, step, steps):
+        return 1 - (1 - self.base) * (math.cos(math.pi * step / steps) + 1) / 2
+
+    @torch.no_grad()
+    def update(self, model, step, steps):
+        tau = self.tau(step, steps)
+        for m, p in zip(self.model.parameters(), model.parameters()):
+            m.mul_(tau).add_(p.detach(), alpha=1 - tau)
+
+    def state_dict(self):
+        return self.model.state_dict()
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------ training
+def main(argv=None):
+    args = get_args(argv)
+    run = common.Run(args, __file__)
+    device = run.device
+    common.seed_everything(args.seed)
+    data = common.load_data(args)
+    loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
+    augment = common.Augment(args.policy, data, args.image_size)
+    model = Model(args)
+    momentum = MomentumEncoder(model, args.momentum) if args.momentum > 0 else None  # copied before compile
+    model = common.prepare_model(model, args, device)
+    if momentum:
+        common.prepare_model(momentum.model, args, device)
+    schedule = AlphaSchedule(args)
+    probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
+    optimizer = common.make_optimizer(model, args)
+    start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe, alpha=schedule,
+                      **({"momentum": momentum} if momentum else {}))
+    steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
+    second = momentum.model if momentum else model
+
+    for epoch in range(start, args.epochs):
+        common.seed_epoch(args.seed, epoch)
+        model.train()
+        schedule.start_epoch(epoch, lambda: measure_alpha(model, second, loader.images, augment, args.batch_size,
+                                                          args.alpha_batches, device))
+        alpha, beta = schedule.alpha, schedule.beta
+        constants = {k: torch.tensor(v) for k, v in schedule.state_dict().items()}  # logged per epoch
+        meter, t0 = common.Meter(), time.time()
+        bar = run.progress(loader, epoch)
+        for i, (images, labels) in enumerate(bar):
+            step = epoch * len(loader) + i
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
+            if device.type == "cuda":
+                x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+            with common.autocast(device):
+                h1, z1 = model(x1)
+                h2, z2 = model(x2)
+            g = lambda x: common.gather(x.float())                              # global batch
+            pairs = None
+            if momentum:
+                with torch.no_grad(), common.autocast(device):
+                    (h1m, z1m), (h2m, z2m) = momentum.model(x1), momentum.model(x2)
+                pairs = (g(z1m), g(z2m), g(h1m), g(h2m))
+            loss, terms = adadim_loss(g(z1), g(z2), g(h1), g(h2), alpha, beta, args.temperature, pairs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if momentum:
+                momentum.update(model, step, steps)
+            probe_loss = probe.step(h1, labels)
+            meter.add(loss=loss, **terms, probe_loss=probe_loss, **constants)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", alpha=f"{alpha:.3f}",
+                                img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        seconds = time.time() - t0
+        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
+            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
+            return
+    run.finish(model.backbone, data)
+
+
+if __name__ == "__main__":
+    main()
