@@ -259,9 +259,9 @@ def test_resume_is_exact_including_the_loss_state(tmp_path):
 
 
 # Learning: the shapes recipe (seed 0 in the fixture). Measured with benchmarks/recipes.py, kNN accuracy at
-# random initialisation -> after training (seeds 0-2): 0.208 -> 0.306, 0.202 -> 0.274, 0.224 -> 0.290,
-# margins 9.9, 7.3 and 6.6 points. The bound is about half the smallest margin seen.
-LEARN_MIN_MARGIN = 0.03
+# random initialisation -> after training (seeds 0-2): 0.208 -> 0.329, 0.202 -> 0.326, 0.224 -> 0.322,
+# margins 12.1, 12.4 and 9.8 points. The bound is about half the smallest margin seen.
+LEARN_MIN_MARGIN = 0.045
 
 
 def test_corinfomax_learns_on_shapes(recipe_run):
@@ -289,12 +289,18 @@ def projection_spectrum(run_dir, module):
 
 def test_no_dimensional_collapse_where_simclr_has_a_collapsed_tail(recipe_run, tmp_path):
     """Paper 002 Figure 5.3 at small scale: the projector covariance of CorInfoMax keeps every eigenvalue
-    well above zero; SimCLR with the same hidden width and output dimension (256 -> 32) has a collapsed
-    tail. Measured (seed 0, shapes recipes, smallest eigenvalue / mean eigenvalue of the covariance of
-    normalised test projections): CorInfoMax 0.163, SimCLR 0.0029; smallest eigenvalue of R1 0.00095
-    (mean 0.026). Bounds are about 3x and 7x looser than the measured values."""
-    run_script("simclr.py", "--seed", 0, "--proj-hidden", 256, "--proj-dim", 32, "--out", tmp_path, "--name", "simclr")
-    corinfomax_eigs = projection_spectrum(recipe_run[0], corinfomax)
+    well above zero; SimCLR with the same hidden width and output dimension (256 -> 32) and the same
+    augmentation has a collapsed tail. Both run their shapes recipes with paper 004's `moderate`
+    policy: contrastive learning's dimensional collapse comes with strong augmentation (Jing et al.
+    2022), and with the recipes' weak `small` policy SimCLR's tail does not collapse (smallest / mean
+    eigenvalue 0.107 against CorInfoMax's 0.498, seed 0). Measured with `moderate` (seed 0, smallest
+    eigenvalue / mean eigenvalue of the covariance of normalised test projections): CorInfoMax 0.163,
+    SimCLR 0.0029. Bounds are about 3x and 7x looser than the measured values. R1 is the recipe run's:
+    smallest eigenvalue 0.00095 (mean 0.026) measured with `moderate`."""
+    strong = ["--seed", 0, "--policy", "moderate", "--out", tmp_path]
+    run_script("simclr.py", *strong, "--proj-hidden", 256, "--proj-dim", 32, "--name", "simclr")
+    run_script("corinfomax.py", *strong, "--name", "corinfomax")
+    corinfomax_eigs = projection_spectrum(tmp_path / "corinfomax", corinfomax)
     simclr_eigs = projection_spectrum(tmp_path / "simclr", simclr)
     assert len(corinfomax_eigs) == len(simclr_eigs) == 32
     corinfomax_tail, simclr_tail = (e[-1] / e.mean() for e in (corinfomax_eigs, simclr_eigs))

@@ -209,3 +209,43 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
                        for l in open(tmp_path / n / "log.jsonl")]
     assert strip("straight") == strip("killed")
     assert not [f for f in os.listdir(d) if ".tmp" in f]
+
+
+# Every numeric flag of the shared parser with values it must refuse (exit 2, one line naming the flag).
+REFUSED = {
+    "--image-size": ["0", "7", "nan", "16.5", "x"], "--train-subset": ["0", "-3", "inf"],
+    "--width": ["0", "-1", "2.5"], "--epochs": ["0", "-1", "nan"], "--batch-size": ["1", "0", "-64", "1e3"],
+    "--lr": ["0", "-0.1", "nan", "inf", "-inf", "fast"], "--min-lr": ["-1e-6", "nan", "inf"],
+    "--warmup-lr": ["-0.003", "nan"], "--weight-decay": ["-1", "nan", "inf"], "--warmup-epochs": ["-1", "nan", "inf"],
+    "--seed": ["-1", "1.5"], "--stop-after": ["0", "-2"], "--eval-every": ["0", "nan"],
+    "--linear-epochs": ["-1", "0.5"], "--track-every": ["-1", "x"],
+}
+
+
+@pytest.mark.parametrize("flag,value", [(f, v) for f, values in REFUSED.items() for v in values])
+def test_shared_parser_refuses_out_of_range_values(flag, value, capsys):
+    import simclr
+    with pytest.raises(SystemExit) as e:
+        simclr.get_args([f"{flag}={value}"])  # the = form: argparse reads "-inf" after a space as a flag
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and value in lines[0], lines
+
+
+def test_random_valid_combinations_parse():
+    import random
+
+    import simclr
+    valid = {"--image-size": ["8", "16", "32"], "--train-subset": ["2", "500"], "--width": ["1", "4", "64"],
+             "--epochs": ["1", "7"], "--batch-size": ["2", "3", "256"], "--lr": ["1e-4", "0.3", "5"],
+             "--min-lr": ["0", "1e-6"], "--warmup-lr": ["0", "0.003"], "--weight-decay": ["0", "1e-4"],
+             "--warmup-epochs": ["0", "0.5", "10"], "--seed": ["0", "123456"], "--eval-every": ["1", "5"],
+             "--linear-epochs": ["0", "3"], "--track-every": ["0", "2"]}
+    rng = random.Random(0)
+    for _ in range(30):
+        chosen = rng.sample(sorted(valid), k=rng.randint(1, len(valid)))
+        argv = [x for f in chosen for x in (f, rng.choice(valid[f]))]
+        args = simclr.get_args(argv)
+        for f in chosen:
+            value = argv[argv.index(f) + 1]
+            assert getattr(args, f[2:].replace("-", "_")) == type(getattr(args, f[2:].replace("-", "_")))(float(value))

@@ -217,9 +217,9 @@ def read_log(run_dir):
 
 
 # The CPU recipe (RECIPES["shapes"]), kNN accuracy at random initialisation -> after 10 epochs, measured
-# on the 2-core machine, seeds 0/1/2: 0.208 -> 0.288, 0.202 -> 0.248, 0.224 -> 0.240 (margins 8.0, 4.7,
-# 1.7 points). The bound is about half the smallest margin; the fixture runs seed 0.
-LEARN_MIN_MARGIN = 0.008
+# on the 2-core machine, seeds 0/1/2: 0.208 -> 0.299, 0.202 -> 0.306, 0.224 -> 0.299 (margins 9.1, 10.5,
+# 7.6 points). The bound is about half the smallest margin; the fixture runs seed 0.
+LEARN_MIN_MARGIN = 0.038
 
 
 @pytest.fixture(scope="module")
