@@ -214,9 +214,9 @@ def read_log(run_dir):
 
 
 # The CPU recipe (RECIPES["shapes"]). Measured on the 2-core machine, kNN accuracy at random
-# initialisation -> after 10 epochs (seeds 0-2): 0.208 -> 0.285, 0.202 -> 0.231, 0.224 -> 0.273: margins
-# of 7.7, 2.9 and 5.0 points. The bound is about half the smallest margin; the fixture runs seed 0.
-LEARN_MIN_MARGIN = 0.015
+# initialisation -> after 10 epochs (seeds 0-2): 0.208 -> 0.349, 0.202 -> 0.344, 0.224 -> 0.349: margins
+# of 14.1, 14.2 and 12.5 points. The bound is about half the smallest margin; the fixture runs seed 0.
+LEARN_MIN_MARGIN = 0.06
 
 
 @pytest.fixture(scope="module")
@@ -247,14 +247,15 @@ def test_recipe_learns_on_shapes(recipe_run):
 
 def test_alpha_trajectory(recipe_run):
     """Recorded over the recipe's run (alpha every epoch). Figure 5c shows alpha rising over 400 epochs.
-    Measured here (shapes seeds 0-2, digits seed 0): alpha starts at 0.70-0.77 (the random projector's
-    high effective rank), falls to a minimum of 0.21-0.24 by epochs 2-5, then rises steadily to
-    0.25-0.27 at epoch 10 (seed 0: 0.751 0.301 0.239 0.241 0.242 0.244 0.260 0.265 0.268 0.271)."""
+    Measured here (shapes, seeds 0-2): alpha starts at 0.71-0.74 (the random projector's high effective
+    rank), falls to a minimum of 0.42-0.43 at epoch 2-3, then rises steadily to 0.52-0.53 at epoch 10
+    (seed 0: 0.742 0.461 0.432 0.456 0.479 0.494 0.511 0.519 0.518 0.526). With the `moderate` policy
+    the minimum was 0.21-0.24 and the end 0.25-0.27."""
     alphas = [row["alpha"] for row in read_log(recipe_run)[1:]]
     print("alpha per epoch:", [round(a, 3) for a in alphas])
     assert len(set(alphas)) > 1                          # recomputed every epoch
-    assert alphas[-1] < alphas[0] - 0.2                  # the early fall
-    assert alphas[-1] > min(alphas) + 0.01               # then the rise of Figure 5c
+    assert min(alphas) < alphas[0] - 0.2                 # the early fall
+    assert alphas[-1] > min(alphas) + 0.04               # then the rise of Figure 5c
 
 
 @pytest.fixture(scope="module")
