@@ -182,8 +182,10 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
     import torch
 
     from conftest import ROOT
-    tiny = [*TINY, "--epochs", "4", "--eval-every", "1", "--out", str(tmp_path)]
+    tiny = [*TINY, "--epochs", "6", "--eval-every", "1", "--out", str(tmp_path)]
     run("simclr.py", *tiny, "--name", "straight")
+    # an epoch's duration on this machine (training + evaluation + save), from the straight run's log
+    epoch = max(r.get("seconds", 0) for r in map(json.loads, open(tmp_path / "straight" / "log.jsonl"))) + 0.2
     rng, kills, d = random.Random(0), 0, tmp_path / "killed"
     lines = lambda: len(open(d / "log.jsonl").readlines()) if (d / "log.jsonl").exists() else 0
     for attempt in range(10):
@@ -194,7 +196,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
             start, deadline = lines(), time.time() + 300
             while lines() <= start and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 2.0))
+            time.sleep(rng.uniform(0.0, 1.5 * epoch))  # mid-epoch, mid-evaluation or mid-save
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
