@@ -182,21 +182,24 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
     import torch
 
     from conftest import ROOT
-    tiny = [*TINY, "--epochs", "6", "--eval-every", "1", "--out", str(tmp_path)]
+    tiny = [*TINY, "--epochs", "12", "--eval-every", "1", "--out", str(tmp_path)]
     run("simclr.py", *tiny, "--name", "straight")
-    # an epoch's duration on this machine (training + evaluation + save), from the straight run's log
-    epoch = max(r.get("seconds", 0) for r in map(json.loads, open(tmp_path / "straight" / "log.jsonl"))) + 0.2
     rng, kills, d = random.Random(0), 0, tmp_path / "killed"
     lines = lambda: len(open(d / "log.jsonl").readlines()) if (d / "log.jsonl").exists() else 0
-    for attempt in range(10):
+
+    def next_line(proc, after):  # wait until the log has more than `after` lines; the time it happened
+        deadline = time.time() + 300
+        while lines() <= after and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        return time.time()
+    for attempt in range(12):
         cmd = ["--resume", str(d)] if (d / "last.pt").exists() else [*tiny, "--name", "killed"]
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "simclr.py"), *cmd], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if kills < 3:  # once training has started (a new log line), kill at a random moment after it
-            start, deadline = lines(), time.time() + 300
-            while lines() <= start and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5 * epoch))  # mid-epoch, mid-evaluation or mid-save
+        if kills < 3:  # time one epoch of this run (log line to log line), then kill within the next one:
+            t0 = next_line(proc, lines())  # mid-epoch, mid-evaluation or mid-save, wherever it lands
+            t1 = next_line(proc, lines())
+            time.sleep(rng.uniform(0.0, t1 - t0))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
