@@ -425,3 +425,16 @@ def test_cli_bad_input(tmp_path, capsys, checkpoint, case, needles):
     code = exit.value.code
     assert code != 0 and code is not None
     one_line_error(code if isinstance(code, str) else capsys.readouterr().err, *needles)  # fail() or argparse
+
+
+def test_track_every_logs_the_measures_from_a_method_script(run, tmp_path):
+    """--track-every K (common.track -> metrics.track) adds the measures to log.jsonl every K epochs,
+    computed on the same test images each time; a linear projector adds its numerical rank."""
+    run("simclr.py", "--width", "4", "--batch-size", "64", "--train-subset", "256", "--epochs", "2",
+        "--warmup-epochs", "0", "--track-every", "2", "--projector", "linear", "--proj-dim", "16",
+        "--out", tmp_path, "--name", "t")
+    rows = [json.loads(line) for line in open(tmp_path / "t" / "log.jsonl")]
+    keys = {"effective_rank_R", "effective_rank_Z", "renyi_mi_RZ", "aac_R", "std_Z", "uniformity_Z", "projector_rank"}
+    assert not keys & set(rows[1]) and keys <= set(rows[2])  # epoch 1: not tracked; epoch 2: tracked
+    assert all(math.isfinite(rows[2][k]) for k in keys)
+    assert 1 <= rows[2]["projector_rank"] <= 16 and 1 <= rows[2]["effective_rank_Z"] <= 16
