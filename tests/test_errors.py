@@ -153,7 +153,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     import time
 
     from conftest import ROOT
-    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), *TINY, "--epochs", "50", "--out", str(tmp_path),
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), *TINY, "--epochs", "20", "--out", str(tmp_path),
            "--name", "r"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -167,6 +167,10 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     import torch
     done = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"]
     assert done >= 1 and not [f for f in os.listdir(tmp_path / "r") if ".tmp" in f]
+    from conftest import run_script  # the resume command the message gives finishes the run
+    run_script("simclr.py", "--resume", tmp_path / "r")
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"] == 20
+    assert (tmp_path / "r" / "results.json").exists()
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
@@ -254,3 +258,50 @@ def test_random_valid_combinations_parse():
         for f in chosen:
             value = argv[argv.index(f) + 1]
             assert getattr(args, f[2:].replace("-", "_")) == type(getattr(args, f[2:].replace("-", "_")))(float(value))
+
+
+def test_cli_fuzz(tmp_path, capsys):
+    """A few dozen random flag sets, valid and invalid values mixed (fixed seed), each a tiny shapes run
+    in this process: it either finishes with a results.json or stops with a non-zero exit and at most
+    two lines on stderr, never a traceback; a run folder holding a last.pt is never changed."""
+    import random
+    import signal
+
+    import simclr
+    pool = {"--width": ["2", "4", "0", "-4"], "--batch-size": ["2", "16", "64", "1", "999"],
+            "--train-subset": ["64", "128", "0"], "--epochs": ["1", "2", "0", "nan"],
+            "--lr": ["1e-3", "0.5", "0", "inf", "x"], "--optimizer": ["adamw", "sgd", "lars", "adam"],
+            "--policy": ["small", "moderate", "asymmetric", "vicreg", "strong"],
+            "--image-size": ["8", "12", "16", "7"], "--warmup-epochs": ["0", "0.5", "-1"],
+            "--weight-decay": ["0", "1e-4", "-1"], "--eval-every": ["1", "0"], "--arch": ["resnet18", "vit"],
+            "--temperature": ["0.1", "0.5", "0", "-1"], "--projector": ["mlp", "linear", "conv"],
+            "--track-every": ["0", "1", "-2"], "--recipe": ["shapes", "cifar10", "mnist"]}
+    base = ["--dataset", "shapes", "--width", "2", "--train-subset", "64", "--batch-size", "32", "--epochs", "1",
+            "--out", str(tmp_path)]
+    simclr.main([*base, "--name", "kept"])
+    kept = digest(tmp_path / "kept" / "last.pt")
+    rng, outcomes = random.Random(0), {"finished": 0, "refused": 0}
+    handler = signal.getsignal(signal.SIGINT)
+    for i in range(36):
+        flags = rng.sample(sorted(pool), k=rng.randint(1, 5))
+        argv = [*base, *[x for f in flags for x in (f, rng.choice(pool[f]))],
+                "--name", "kept" if i % 6 == 0 else f"f{i}"]  # every 6th tries to start over a finished run
+        capsys.readouterr()
+        try:
+            simclr.main(argv)
+            code = 0
+        except SystemExit as e:
+            code, message = e.code, e.code if isinstance(e.code, str) else ""
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        err = capsys.readouterr().err.strip().splitlines()
+        if code == 0:
+            assert (tmp_path / f"f{i}" / "results.json").exists(), argv
+            outcomes["finished"] += 1
+        else:
+            lines = err + ([message] if message else [])
+            assert code != 0 and 1 <= len(lines) <= 2 and "Traceback" not in "\n".join(lines), (argv, lines)
+            outcomes["refused"] += 1
+    print(outcomes)
+    assert outcomes["finished"] >= 5 and outcomes["refused"] >= 5  # both kinds were exercised
+    assert digest(tmp_path / "kept" / "last.pt") == kept
