@@ -46,7 +46,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import common
 

@@ -1,8 +1,10 @@
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -21,3 +23,24 @@ def run_script(script, *args, env=None, check=True):
 @pytest.fixture
 def run():
     return run_script
+
+
+def read_log(run_dir):
+    """A run folder's log.jsonl as a list of dicts, one per epoch (epoch 0: the random-init baseline)."""
+    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
+
+
+def assert_resume_is_exact(script, args, tmp_path):
+    """Runs `script args` straight, and split (--stop-after 1, then --resume); the model and probe
+    weights and the logs (timing aside) must be equal. Returns both checkpoints for method checks."""
+    run_script(script, *args, "--out", tmp_path, "--name", "straight")
+    run_script(script, *args, "--out", tmp_path, "--name", "split", "--stop-after", "1")
+    assert not (tmp_path / "split" / "results.json").exists()
+    run_script(script, "--resume", tmp_path / "split")
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "split"))
+    for key, value in a["state"]["model"].items():
+        assert torch.equal(value, b["state"]["model"][key]), key
+    assert torch.equal(a["state"]["probe"]["linear"]["weight"], b["state"]["probe"]["linear"]["weight"])
+    strip = lambda log: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_sec")} for row in log]
+    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
+    return a, b

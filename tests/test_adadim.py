@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import adadim
-from conftest import run_script
+from conftest import read_log, run_script
 
 TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
         "--warmup-epochs", "1", "--eval-every", "1"]
@@ -209,9 +209,6 @@ def test_momentum_encoder_update_is_the_ema_formula():
 
 
 # ----------------------------------------------------------------------------- the script
-def read_log(run_dir):
-    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
-
 
 # The CPU recipe (RECIPES["shapes"]). Measured on the 2-core machine, kNN accuracy at random
 # initialisation -> after 10 epochs (seeds 0-2): 0.208 -> 0.349, 0.202 -> 0.344, 0.224 -> 0.349: margins

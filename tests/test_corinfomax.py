@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import read_log, run_script
 
 import corinfomax
 import simclr
@@ -201,9 +201,6 @@ def test_projector_has_no_batchnorm_no_last_bias_and_unit_outputs():
 TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
         "--warmup-epochs", "1", "--eval-every", "1"]
 
-
-def read_log(run_dir):
-    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
 
 
 @pytest.fixture(scope="module")

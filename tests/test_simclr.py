@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import simclr
-from conftest import run_script
+from conftest import assert_resume_is_exact, read_log, run_script
 
 TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
         "--warmup-epochs", "1", "--eval-every", "1"]
@@ -64,9 +64,6 @@ def test_linear_projector_option():
     assert model.projector.weight.shape == (128, 32)  # paper 004: 512 x 128 at width 64
 
 
-def read_log(run_dir):
-    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
-
 
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
@@ -96,20 +93,8 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
     assert "results:" in result.stdout
 
 
-def test_resume_is_exact(run, tmp_path):
-    common_args = [*TINY, "--epochs", "3", "--out", tmp_path]
-    run("simclr.py", *common_args, "--name", "straight")
-    run("simclr.py", *common_args, "--name", "split", "--stop-after", "1")
-    assert not (tmp_path / "split" / "results.json").exists()
-    run("simclr.py", "--resume", tmp_path / "split")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    for key, value in a["state"]["model"].items():
-        assert torch.equal(value, b["state"]["model"][key]), key
-    assert torch.equal(a["state"]["probe"]["linear"]["weight"], b["state"]["probe"]["linear"]["weight"])
-    timing = {"seconds", "images_per_sec"}
-    strip = lambda log: [{k: v for k, v in row.items() if k not in timing} for row in log]
-    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
+def test_resume_is_exact(tmp_path):
+    assert_resume_is_exact("simclr.py", [*TINY, "--epochs", "3"], tmp_path)
     ra, rb = (json.load(open(tmp_path / n / "results.json")) for n in ("straight", "split"))
     assert ra["knn_acc"] == rb["knn_acc"] and ra["probe_acc"] == rb["probe_acc"]
 

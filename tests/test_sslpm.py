@@ -10,7 +10,7 @@ import torch
 
 import common
 import sslpm
-from conftest import run_script
+from conftest import read_log, run_script
 
 TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
         "--warmup-epochs", "1", "--eval-every", "1"]
@@ -212,9 +212,6 @@ def test_lambda_defaults_per_variant_and_recipe():
 
 
 # ------------------------------------------------------------------------------ end to end
-def read_log(run_dir):
-    return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
-
 
 # The CPU recipe (RECIPES["shapes"]), kNN accuracy at random initialisation -> after 10 epochs, measured
 # on the 2-core machine, seeds 0/1/2: 0.208 -> 0.299, 0.202 -> 0.306, 0.224 -> 0.299 (margins 9.1, 10.5,
