@@ -13,7 +13,7 @@ Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) lin
             recipe at 1000 epochs (its table does not say online or offline). Measured here (CPU recipe,
             kNN accuracy at random initialisation -> after training, seeds 0-2, benchmarks/recipes.py):
             shapes 0.208 -> 0.365, 0.202 -> 0.344, 0.224 -> 0.370 (margins 14.2-15.7 points); digits
-            (--recipe shapes --epochs 28) 0.791 -> 0.933, 0.721 -> 0.950. No GPU run yet.
+            (--recipe shapes --epochs 28) 0.791 -> 0.933, 0.721 -> 0.950, 0.758 -> 0.928. No GPU run yet.
 Deviations:
 - The loss is the mean over all 2N anchors (paper); google-research's code sums the two halves (2x).
   Computed as a cross-entropy over logits (log-sum-exp), never with raw exp.
@@ -50,7 +50,7 @@ RECIPES = {
     # the CPU recipe, about a minute on 2 cores. Measured here (benchmarks/recipes.py, kNN gain over random
     # init, seeds 0-2, shapes / digits): LARS lr 0.15 moderate (the old quick start) +11 / +15 on shapes
     # but it made digit features worse (issue 5: 0.771 -> 0.542); AdamW lr 2e-3 moderate +9.3 / +7.9 / +5.9
-    # and +2.5 / +11.4 / +10.9; AdamW small +15.7 / +14.2 / +14.7 and +14.2 / +22.8 (seed 0 digits:
+    # and +2.5 / +11.4 / +10.9; AdamW small +15.7 / +14.2 / +14.7 and +14.2 / +22.8 / +17.0 (seed 0 digits:
     # lr 5e-3 -6.1, symmetric -17.3, width 16 +2.5 with moderate). Paper 004's `small` policy (crop 0.9-1,
     # weak jitter) suits 16 px images: random crops of a 16 px image lose most of the object.
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
