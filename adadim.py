@@ -18,6 +18,7 @@ Run:        python adadim.py                                     (CPU recipe on 
             python adadim.py --dataset cifar100                  (ResNet-18, 1000 epochs, GPU)
             python adadim.py --dataset cifar100 --momentum 0.996 (with the momentum encoder, A.3)
             python adadim.py --alpha-mode fixed --alpha 0.5 --gamma 0    (Table 2 / Table 16 rows)
+            torchrun --standalone --nproc_per_node=4 adadim.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   paper Table 4 (ResNet-18, 1000 epochs, batch 256): 92.81% CIFAR-10 / 71.20% CIFAR-100 for
             this baseline setting (online linear, A.4.1), 93.61% / 74.31% with a momentum encoder in the
             expanded setting (offline linear, A.4.2). Measured here (CPU recipe, kNN accuracy, seeds 0-2,
@@ -203,7 +204,7 @@ def measure_alpha(online, second, images, augment, batch_size, batches, device):
     saved = [{k: v.clone() for k, v in net.named_buffers()} for net in nets]
     ranks, ratios = [], []
     for _ in range(batches):
-        idx = torch.randperm(len(images), device=images.device)[:batch_size]
+        idx = common.shard(torch.randperm(len(images), device=images.device)[:batch_size])  # this process's slice
         x1, x2 = augment(images[idx].to(device))
         with common.autocast(device):
             z1, z2 = online(x1)[1], second(x2)[1]
@@ -268,6 +269,7 @@ def main(argv=None):
     schedule = AlphaSchedule(args)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
+    net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe, alpha=schedule,
                       **({"momentum": momentum} if momentum else {}))
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
@@ -289,8 +291,8 @@ def main(argv=None):
             if device.type == "cuda":
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
-                h1, z1 = model(x1)
-                h2, z2 = model(x2)
+                h1, z1 = net(x1)
+                h2, z2 = net(x2)
             g = lambda x: common.gather(x.float())                              # global batch
             pairs = None
             if momentum:
@@ -310,8 +312,7 @@ def main(argv=None):
                                 img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         seconds = time.time() - t0
         if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
-            return
+            return  # --stop-after
     run.finish(model.backbone, data)
 
 

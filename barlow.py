@@ -15,6 +15,7 @@ z, so here it only shows that z did not collapse to a constant).
 
 Run:        python barlow.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
             python barlow.py                                    (shapes, CPU recipe, about a minute)
+            torchrun --standalone --nproc_per_node=4 barlow.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 70.90% (CIFAR-100) / 92.10% (CIFAR-10) top-1 for its
             cifar/barlow.yaml at 1000 epochs (one README version labels the column online). Measured here
             (CPU recipe, kNN accuracy at random initialisation -> after 10 epochs, seeds 0-2):
@@ -116,8 +117,9 @@ def barlow_twins_loss(z1, z2, lambd=0.0051):
 
 @torch.no_grad()
 def embedding_std(z1, z2):
-    """Mean over dimensions of the per-dimension std of the embeddings, averaged over the 2 views."""
-    return (z1.float().std(dim=0).mean() + z2.float().std(dim=0).mean()) / 2
+    """Mean over dimensions of the per-dimension std of the embeddings (global batch), averaged over
+    the 2 views."""
+    return sum(common.gather(z.float()).std(dim=0).mean() for z in (z1, z2)) / 2
 
 
 # --------------------------------------------------------------------------------------- model
@@ -147,6 +149,7 @@ def main(argv=None):
     model = common.prepare_model(Model(args), args, device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
+    net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
@@ -162,8 +165,8 @@ def main(argv=None):
             if device.type == "cuda":
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
-                h1, z1 = model(x1)
-                h2, z2 = model(x2)
+                h1, z1 = net(x1)
+                h2, z2 = net(x2)
             loss, terms = barlow_twins_loss(z1, z2, args.lambd)
             loss = args.scale_loss * loss
             optimizer.zero_grad(set_to_none=True)
@@ -175,8 +178,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         seconds = time.time() - t0
         if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
-            return
+            return  # --stop-after
     run.finish(model.backbone, data)
 
 

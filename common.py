@@ -19,11 +19,20 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
+
+# set by torchrun for each process it starts (see setup_distributed); 0, 1, 0 for a plain `python x.py`
+RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+
+
+def print0(*a, **k):  # under torchrun only the first process prints progress
+    if RANK == 0:
+        print(*a, **k)
 
 
 def fail(message):
@@ -146,7 +155,7 @@ def parse_args(parser, argv=None):
         vars(args).update({k: v for k, v in recipe.items() if k not in given})
         flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
                          if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
-        print(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
+        print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
               + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
     if args.name is None:
         args.name = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -183,23 +192,12 @@ def autocast(device):
 
 
 def prepare_model(model, args, device):
-    model.to(device)
+    sync_batchnorm(model.to(device))
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     if args.compile:
         model.backbone.compile()  # in place: state_dict keys stay the same
     return model
-
-
-def gather(x):
-    """All-gather with gradient along dim 0 across processes; the identity on one process.
-    Losses call it wherever they need the global batch (SimCLR negatives, covariances, ...)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x
-    if torch.distributed.get_world_size() == 1:
-        return x
-    import torch.distributed.nn.functional as dist_functional  # the all_gather that has a backward
-    return torch.cat(dist_functional.all_gather(x), dim=0)
 
 
 class Meter:
@@ -243,6 +241,7 @@ class Run:
 
     def __init__(self, args, script):
         self.args, self.script = args, script
+        self.device = setup_distributed(args)  # first: every process must agree on args.name
         self.dir = os.path.join(args.out, args.name)
         self.ckpt_path = os.path.join(self.dir, "last.pt")
         self.checkpoint = None
@@ -256,7 +255,7 @@ class Run:
                 fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
                      f"({e.__class__.__name__}); the file is left untouched")
             if self.checkpoint["epoch"] >= args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
-                print(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
+                print0(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
                       f"To train longer, start a new run with a larger --epochs.")
                 raise SystemExit(0)
         elif os.path.exists(self.ckpt_path):
@@ -269,11 +268,13 @@ class Run:
             os.remove(probe_file)
         except OSError as e:
             fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
-        if os.path.isdir(self.dir):  # temp files of a run killed mid-write
+        if os.path.isdir(self.dir) and RANK == 0:  # temp files of a run killed mid-write
             for f in os.listdir(self.dir):
                 if ".tmp" in f:
                     os.remove(os.path.join(self.dir, f))
-        self.device = get_device(args.device)
+        if WORLD_SIZE > 1:
+            print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
+                   f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
         self.stateful, self.seconds, self.last_eval = {}, 0.0, {}
 
     def start(self, data, backbone, **stateful):
@@ -282,15 +283,17 @@ class Run:
         Returns the epoch to start from."""
         self.stateful = stateful
         signal.signal(signal.SIGINT, self.interrupted)
-        os.makedirs(self.dir, exist_ok=True)
-        atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
-        for f in (self.script, __file__):
-            shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         log = os.path.join(self.dir, "log.jsonl")
+        if RANK == 0:  # under torchrun only the first process writes; the others compute the same things
+            os.makedirs(self.dir, exist_ok=True)
+            atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
+            for f in (self.script, __file__):
+                shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         if self.checkpoint is None:
             self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
-            print(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
-            atomic_write(log, json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
+            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
+            if RANK == 0:
+                atomic_write(log, json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
             return 0
         for k, obj in stateful.items():
             obj.load_state_dict(self.checkpoint["state"][k])
@@ -300,19 +303,22 @@ class Run:
         self.seconds = sum(l.get("seconds", 0) for l in lines)
         self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
         self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
-        atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
-        print(f"resuming {self.dir} after epoch {done}")
+        if RANK == 0:
+            atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
+        print0(f"resuming {self.dir} after epoch {done}")
         return done
 
     def interrupted(self, *_):  # Ctrl-C: last.pt holds the last completed epoch (atomic writes)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if RANK > 0:  # torchrun: Ctrl-C reaches every process; one message is enough
+            raise SystemExit(1)
         saved = (f"{self.ckpt_path} holds the last completed epoch; continue with --resume {self.dir}"
                  if os.path.exists(self.ckpt_path) else "no epoch was completed, nothing to resume")
         fail(f"interrupted (Ctrl-C); {saved}")
 
     def progress(self, loader, epoch):
         return tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False, dynamic_ncols=True,
-                    mininterval=1.0, disable=None)
+                    mininterval=1.0, disable=None if RANK == 0 else True)
 
     def end_epoch(self, epoch, meter, lr, seconds, images, backbone, probe, data):
         """Check the losses, evaluate (every --eval-every epochs and at the end), log, checkpoint."""
@@ -321,19 +327,25 @@ class Run:
             if not math.isfinite(v):
                 fail(f"{k} is {v} in epoch {epoch + 1}; stopped before saving, so {self.ckpt_path} still "
                      f"holds the last good epoch; try a lower --lr (now {self.args.lr})")
-        row = {"epoch": epoch + 1, **terms, "lr": lr, "seconds": seconds, "images_per_sec": images / seconds}
+        row = {"epoch": epoch + 1, **terms, "lr": lr, "seconds": seconds, "images_per_sec": images / seconds,
+               "world_size": WORLD_SIZE, "global_batch": self.args.batch_size}
         if (epoch + 1) % self.args.eval_every == 0 or epoch + 1 == self.args.epochs:
             self.last_eval = evaluate(backbone, probe, data, self.device)
             row.update(self.last_eval)
         if self.args.track_every and (epoch + 1) % self.args.track_every == 0:
             row.update(track(self.stateful["model"], data, self.device))
         self.seconds += seconds
-        with open(os.path.join(self.dir, "log.jsonl"), "a") as f:  # log first: resume trims it to last.pt
-            f.write(json.dumps(row) + "\n")
-        state = {k: obj.state_dict() for k, obj in self.stateful.items()}
-        atomic_write(self.ckpt_path, {"epoch": epoch + 1, "args": vars(self.args), "state": state})
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        return self.args.stop_after is not None and epoch + 1 >= self.args.stop_after
+        if RANK == 0:
+            with open(os.path.join(self.dir, "log.jsonl"), "a") as f:  # log first: resume trims it to last.pt
+                f.write(json.dumps(row) + "\n")
+            state = {k: obj.state_dict() for k, obj in self.stateful.items()}
+            atomic_write(self.ckpt_path, {"epoch": epoch + 1, "args": vars(self.args), "state": state})
+        print0(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                        if k not in ("world_size", "global_batch")))
+        stop = self.args.stop_after is not None and epoch + 1 >= self.args.stop_after
+        if stop:
+            print0(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {self.dir}")
+        return stop
 
     def finish(self, backbone, data, extra=None):
         """Final results (and the offline linear evaluation when asked) into results.json; `extra`
@@ -344,9 +356,136 @@ class Run:
             seed_everything(self.args.seed)  # same result whether or not the run was resumed
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
         results.update(extra or {})
-        atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
-        print(f"results: {json.dumps({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
+        if RANK == 0:
+            atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
+        print0(f"results: {json.dumps({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
         return results
+
+
+# ------------------------------------------------------------------------- several processes
+# torchrun (--nproc_per_node=N, --nnodes=M) starts one process per GPU and sets RANK, WORLD_SIZE and
+# LOCAL_RANK. --batch-size is the global batch: each process takes its slice of every global batch,
+# so a recipe's lr means the same on 1 or 8 GPUs and nothing is rescaled. Every process draws the
+# same random numbers (same seed): the shuffle, the augmentation parameters of the whole global batch
+# (each process keeps its slice) and the masks, so N processes train like one with the global batch.
+
+
+def setup_distributed(args):
+    """Returns this process's device; under torchrun joins the process group (NCCL on CUDA, gloo on
+    CPU) and agrees on the run folder name. Records world_size in args (so in args.json)."""
+    args.world_size = WORLD_SIZE
+    device = get_device(args.device)
+    if WORLD_SIZE == 1:
+        return device
+    if device.type not in ("cuda", "cpu"):
+        fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
+    if args.batch_size % WORLD_SIZE:
+        fail(f"--batch-size {args.batch_size} is the global batch and must be a multiple of the "
+             f"{WORLD_SIZE} processes (each takes an equal slice)")
+    if device.type == "cuda":
+        device = torch.device("cuda", LOCAL_RANK)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    default_hook = sys.excepthook
+
+    def lost_peer(kind, e, tb):  # a process that failed closes its connections: the others say so in one line
+        if issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(kind, getattr(dist, "DistError", ()))):
+            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
+                  file=sys.stderr)
+        else:
+            default_hook(kind, e, tb)
+    sys.excepthook = lost_peer
+    name = [args.name]  # the default name holds the time, which may differ by a second between processes
+    dist.broadcast_object_list(name, src=0)
+    args.name = name[0]
+    return device
+
+
+def shard(x):
+    """This process's slice of a tensor that every process holds whole (dim 0)."""
+    n = len(x) // WORLD_SIZE
+    return x[RANK * n:(RANK + 1) * n]
+
+
+class _Gather(torch.autograd.Function):
+    """all_gather with a backward. Every process computes the same loss L from the gathered global
+    batch; backward sums the gradients of the W copies of L (all_reduce) and keeps this process's
+    rows: W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each
+    sample's gradient counts exactly once. Keeping only the local gradient without the sum (the bug
+    of lightly issue 1528) would lose the part that flows through other processes' losses."""
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(WORLD_SIZE)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return shard(grad)
+
+
+def gather(x):
+    """The global batch: concatenation along dim 0 of every process's x, in rank order (so rows are
+    in the order of one process with the global batch); with gradient. The identity on one process.
+    Losses call it wherever they need the global batch (SimCLR negatives, covariances, ...)."""
+    if WORLD_SIZE == 1 or not dist.is_initialized():
+        return x
+    if not x.requires_grad:
+        parts = [torch.empty_like(x) for _ in range(WORLD_SIZE)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+    return _Gather.apply(x)
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for gloo/CPU (torch's SyncBatchNorm runs on CUDA only): sums
+    over processes through gather (so with gradient), mean then squared deviations (two passes, as
+    accurate as BatchNorm). Same parameters and buffers as BatchNorm1d/2d: checkpoints load either way."""
+    def _check_input_dim(self, x):
+        pass
+
+    def forward(self, x):
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        total = lambda t: gather(t[None]).sum(0)                   # sum over processes, with gradient
+        n = x.numel() // x.shape[1] * WORLD_SIZE                   # every process holds an equal slice
+        mean = total(x.sum(dims)) / n                              # (C,)
+        var = total(((x - mean.view(shape)) ** 2).sum(dims)) / n  # (C,) biased, used to normalise
+        with torch.no_grad():  # running statistics as nn.BatchNorm: unbiased variance
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        x = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return x * self.weight.view(shape) + self.bias.view(shape) if self.affine else x
+
+
+def sync_batchnorm(model):
+    """BatchNorm layers normalise over the global batch under torchrun (SimCLR, VICReg and Barlow
+    Twins' official code all do): torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm on CPU."""
+    if WORLD_SIZE == 1:
+        return model
+    if next(model.parameters()).is_cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, bn in list(parent.named_children()):
+            if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                new = CPUSyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine).to(bn.running_mean.device)
+                new.load_state_dict(bn.state_dict())
+                setattr(parent, name, new)
+    return model
+
+
+def ddp(model):
+    """What the training step calls: DistributedDataParallel under torchrun (it averages gradients
+    over processes during backward, overlapping the communication), else the model itself."""
+    if WORLD_SIZE == 1:
+        return model
+    device_ids = [LOCAL_RANK] if next(model.parameters()).is_cuda else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -376,6 +515,10 @@ class Data:
 
 
 def load_data(args):
+    """Under torchrun the first process of each machine loads first (downloads, writes caches)."""
+    wait = dist.is_initialized()
+    if wait and LOCAL_RANK > 0:
+        dist.barrier()
     size = args.image_size = args.image_size or DEFAULT_SIZE[args.dataset]
     if args.dataset == "shapes":
         train, test = make_shapes(min(10_000, args.train_subset or 10_000), size, seed=0), make_shapes(2_000, size, seed=1)
@@ -390,6 +533,8 @@ def load_data(args):
         train = (train[0][:args.train_subset], train[1][:args.train_subset])
         probe = (probe[0][:args.train_subset], probe[1][:args.train_subset])
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
+    if wait and LOCAL_RANK == 0:
+        dist.barrier()
     return Data(train, probe, test, int(test[1].max()) + 1, mean, std)
 
 
@@ -527,12 +672,14 @@ def shape_mask(k, u, v):
 
 class Loader:
     """Shuffled batches (uint8 images, labels) with drop_last, straight from tensors on the device.
-    The dataset is moved to the device once if it fits (else kept in pinned CPU memory)."""
-    def __init__(self, images, labels, batch_size, device, shuffle=True, drop_last=True):
+    The dataset is moved to the device once if it fits (else kept in pinned CPU memory). With
+    shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
+    def __init__(self, images, labels, batch_size, device, shuffle=True, drop_last=True, shard=True):
         if batch_size > len(images):
             fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); "
                  f"use --batch-size {len(images)} or less")
         self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
+        self.shard = shard and WORLD_SIZE > 1
         on_device = device.type != "cuda" or images.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]
         self.images = images.to(device) if on_device else images.pin_memory()
         self.labels = labels.to(self.images.device)
@@ -545,7 +692,8 @@ class Loader:
         n = len(self.images)
         order = torch.randperm(n, device=self.images.device) if self.shuffle else torch.arange(n, device=self.images.device)
         for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]   # the same on every process
+            idx = shard(idx) if self.shard else idx
             yield (self.images[idx].to(self.device, non_blocking=True),
                    self.labels[idx].to(self.device, non_blocking=True))
 
@@ -636,14 +784,18 @@ def apply_params(x, p, size, spec):
 
 
 class Augment:
-    """Batched, on-device two-view augmentation: Augment(policy, data)(uint8 batch) -> normalised views."""
-    def __init__(self, policy, data, size):
-        self.views, self.data, self.size = POLICIES[policy], data, size
+    """Batched, on-device two-view augmentation: Augment(policy, data)(uint8 batch) -> normalised views.
+    With shard=True under torchrun, x is this process's slice of the global batch: parameters are drawn
+    for the whole global batch (as one process would) and this process keeps its slice."""
+    def __init__(self, policy, data, size, shard=True):
+        self.views, self.data, self.size, self.world = POLICIES[policy], data, size, WORLD_SIZE if shard else 1
 
     def __call__(self, x):
-        x = x.float() / 255
-        return tuple(self.data.normalize(apply_params(x.clone(), sample_params(spec, len(x), x.shape[2], x.shape[3], x.device),
-                                                      self.size, spec)) for spec in self.views)
+        x, n = x.float() / 255, len(x) * self.world
+        params = [sample_params(spec, n, x.shape[2], x.shape[3], x.device) for spec in self.views]
+        if self.world > 1:
+            params = [{k: shard(v) for k, v in p.items()} for p in params]
+        return tuple(self.data.normalize(apply_params(x.clone(), p, self.size, spec)) for p, spec in zip(params, self.views))
 
 
 def resized_crop(x, top, left, height, width, size):
@@ -775,6 +927,7 @@ class OnlineProbe:
         self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0)
 
     def step(self, features, labels):
+        features, labels = gather(features.detach()), gather(labels)  # global batch: the same step everywhere
         keep = labels >= 0  # STL-10's unlabelled images have label -1
         if not keep.any():
             return torch.zeros((), device=features.device)
@@ -845,8 +998,8 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
     backbone.eval()
     classifier = nn.Linear(backbone.out_dim, data.classes).to(device)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.2, momentum=0.9, weight_decay=0.0)
-    loader = Loader(data.probe_x, data.probe_y, min(batch_size, len(data.probe_x)), device)
-    augment, total = Augment("linear", data, data.test_x.shape[-1]), epochs * len(loader)
+    loader = Loader(data.probe_x, data.probe_y, min(batch_size, len(data.probe_x)), device, shard=False)
+    augment, total = Augment("linear", data, data.test_x.shape[-1], shard=False), epochs * len(loader)
     for epoch in tqdm(range(epochs), desc="linear eval", leave=False, disable=None):
         for step, (x, y) in enumerate(loader):
             set_lr(optimizer, lr_at(epoch * len(loader) + step, total, 0, 0.2, final_lr=0.002))

@@ -27,6 +27,7 @@ Run:        python corinfomax.py                       (shapes, the CPU recipe: 
             python corinfomax.py --dataset cifar10     (thesis B.2.1)
             python corinfomax.py --dataset imagefolder --data-dir tiny-imagenet --arch resnet50 \
                 --image-size 64 --epochs 800 --lr 0.5 --min-lr 1e-6 --la-R 0.1 --la-mu 0.1   (B.2.3)
+            torchrun --standalone --nproc_per_node=4 corinfomax.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   thesis Table 5.1 (offline linear, 1000 epochs): CIFAR-10 93.18%, CIFAR-100 71.61%;
             Tiny-ImageNet 54.86%, ImageNet-100 (ResNet-18) 80.48%. Measured here (CPU shapes recipe, kNN
             accuracy, seeds 0-2, benchmarks/recipes.py): shapes 0.208/0.202/0.224 at random initialisation
@@ -188,6 +189,7 @@ def main(argv=None):
     criterion = CorInfoMaxLoss(int(args.projector.split("-")[-1]), args.alpha, args.la_R, args.la_mu, args.eps).to(device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
+    net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe, loss=criterion)
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
@@ -203,8 +205,8 @@ def main(argv=None):
             if device.type == "cuda":
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
-                h1, z1 = model(x1)
-                h2, z2 = model(x2)
+                h1, z1 = net(x1)
+                h2, z2 = net(x2)
             # covariances of the global batch: every process updates the same state from the gathered z
             loss, terms = criterion(common.gather(z1.float()), common.gather(z2.float()))
             optimizer.zero_grad(set_to_none=True)
@@ -216,8 +218,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         seconds = time.time() - t0
         if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
-            return
+            return  # --stop-after
     # Figure 5.3: the spectrum of the projector covariance R1, largest first
     eigenvalues = torch.linalg.eigvalsh(criterion.R1).flip(0).tolist()
     run.finish(model.backbone, data, extra={"eigenvalues_R1": eigenvalues})

@@ -9,6 +9,7 @@ Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 Run:        python simclr.py                                    (shapes, the CPU recipe: about a minute)
             python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
             python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large  (paper 004)
+            torchrun --standalone --nproc_per_node=4 simclr.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
             recipe at 1000 epochs (its table does not say online or offline). Measured here (CPU recipe,
             kNN accuracy at random initialisation -> after training, seeds 0-2, benchmarks/recipes.py):
@@ -116,6 +117,7 @@ def main(argv=None):
     model = common.prepare_model(Model(args), args, device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
+    net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
@@ -131,8 +133,8 @@ def main(argv=None):
             if device.type == "cuda":
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
-                h1, z1 = model(x1)
-                h2, z2 = model(x2)
+                h1, z1 = net(x1)
+                h2, z2 = net(x2)
             loss = nt_xent_loss(common.gather(z1.float()), common.gather(z2.float()), args.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,8 +145,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         seconds = time.time() - t0
         if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
-            return
+            return  # --stop-after
     run.finish(model.backbone, data)
 
 

@@ -22,6 +22,7 @@ Run:        python sslpm.py                              (CPU recipe on shapes: 
             python sslpm.py --dataset cifar100           (paper recipe: ResNet-18, 1000 epochs, GPU)
             python sslpm.py --predictor mlp --predictor-layers 1     (SSLPM-SGD 1l)
             python sslpm.py --lambda 0                   (Table 2's ablation: invariance only)
+            torchrun --standalone --nproc_per_node=4 sslpm.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   paper Table 1 (online probe, 1000 epochs): SSLPM-RR 92.70 (CIFAR-10) / 70.46 (CIFAR-100);
             SSLPM-SGD 1l 90.39 / 67.74, 3l 86.69 / 47.65; lambda = 0: 77.71 / 34.05 (Table 2).
             Measured here (CPU recipe, kNN accuracy, random init -> after 10 epochs, seeds 0/1/2,
@@ -257,6 +258,7 @@ def main(argv=None):
     model = common.prepare_model(Model(args), args, device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
+    net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     stateful = dict(model=model, optimizer=optimizer, probe=probe)
     if args.predictor == "mlp":
         stateful["predictor"] = predictor = MLPPredictor(args.proj_dim, args.predictor_layers, device,
@@ -276,8 +278,8 @@ def main(argv=None):
             if device.type == "cuda":
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
-                h1, z1 = model(x1)
-                h2, z2 = model(x2)
+                h1, z1 = net(x1)
+                h2, z2 = net(x2)
             z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
             mask = random_mask(2 * len(z1), z1.shape[1], args.mask_fraction, device)  # (2N, D)
             extra = {}
@@ -300,8 +302,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         seconds = time.time() - t0
         if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
-            return
+            return  # --stop-after
     run.finish(model.backbone, data)
 
 

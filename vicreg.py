@@ -17,6 +17,7 @@ Run:        python vicreg.py --dataset cifar100                 (ResNet-18, 1000
             python vicreg.py                                    (shapes, CPU recipe, about a minute)
             python vicreg.py --std-coeff 0                      (paper 001 ablation: total collapse)
             python vicreg.py --cov-coeff 0                      (paper 001 ablation: dimensional collapse)
+            torchrun --standalone --nproc_per_node=4 vicreg.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 68.54% (CIFAR-100) / 92.07% (CIFAR-10) top-1 for its
             cifar/vicreg.yaml at 1000 epochs (one README version labels the column online). Measured here
             (CPU recipe, kNN accuracy at random initialisation -> after 10 epochs, seeds 0-2):
@@ -29,9 +30,10 @@ Expected:   solo-learn's README reports 68.54% (CIFAR-100) / 92.07% (CIFAR-10) t
             No GPU run yet.
 Deviations:
 - Loss conventions follow the official code (facebookresearch/vicreg, SPEC.md): the variance term is
-  the mean over the two views (divided by 2), the invariance MSE is averaged over the N*D entries of
-  the local batch (the paper's eq. 5 and 6 have neither the 1/D nor the 1/2), variance and
-  covariance use the gathered global batch. solo-learn sums the two
+  the mean over the two views (divided by 2), the invariance MSE is averaged over the N*D entries
+  (the paper's eq. 5 and 6 have neither the 1/D nor the 1/2); variance and covariance use the gathered
+  global batch. Under torchrun the invariance is over the global batch too (official: per GPU; the
+  gradient is the same, and the logged loss is then the global one). solo-learn sums the two
   views' variance terms (2x ours), so its var_loss_weight 25 equals --std-coeff 50 here; the recipe
   keeps the paper's 25/25/1.
 - LARS as solo-learn: eta 0.02, clip_lr on (--lars-clip), biases and BatchNorm excluded; its trust
@@ -104,12 +106,13 @@ def off_diagonal(m):
 
 
 def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
-    """VICReg loss of two views' embeddings z1, z2: (N, D), row i of each from image i (local batch).
-    Returns (loss, terms) with the unweighted terms {"invariance", "variance", "covariance"}."""
-    z1, z2 = z1.float(), z2.float()
+    """VICReg loss of two views' embeddings z1, z2: (N, D), row i of each from image i (this process's
+    rows; gathered here). Returns (loss, terms) with the unweighted terms {"invariance", "variance",
+    "covariance"}."""
+    z1, z2 = common.gather(z1.float()), common.gather(z2.float())          # global batch (N_all, D) each
     invariance = F.mse_loss(z1, z2)                                        # VICReg eq. 5, here also / D
     variance, covariance = 0.0, 0.0
-    for z in (common.gather(z1), common.gather(z2)):                       # global batch (N_all, D)
+    for z in (z1, z2):
         n, d = z.shape
         z = z - z.mean(dim=0)                                              # (N_all, D) centred
         std = torch.sqrt(z.var(dim=0) + 1e-4)                              # (D,) VICReg eq. 2, epsilon 1e-4
@@ -122,8 +125,9 @@ def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
 
 @torch.no_grad()
 def embedding_std(z1, z2):
-    """Mean over dimensions of the per-dimension std of the embeddings, averaged over the 2 views."""
-    return (z1.float().std(dim=0).mean() + z2.float().std(dim=0).mean()) / 2
+    """Mean over dimensions of the per-dimension std of the embeddings (global batch), averaged over
+    the 2 views."""
+    return sum(common.gather(z.float()).std(dim=0).mean() for z in (z1, z2)) / 2
 
 
 # --------------------------------------------------------------------------------------- model
@@ -153,6 +157,7 @@ def main(argv=None):
     model = common.prepare_model(Model(args), args, device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
+    net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
@@ -168,8 +173,8 @@ def main(argv=None):
             if device.type == "cuda":
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
-                h1, z1 = model(x1)
-                h2, z2 = model(x2)
+                h1, z1 = net(x1)
+                h2, z2 = net(x2)
             loss, terms = vicreg_loss(z1, z2, args.sim_coeff, args.std_coeff, args.cov_coeff)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -180,8 +185,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         seconds = time.time() - t0
         if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {run.dir}")
-            return
+            return  # --stop-after
     run.finish(model.backbone, data)
 
 
