@@ -115,7 +115,7 @@ def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
     std1, std2 = (torch.sqrt(z.var(0) + 1e-4) for z in (z1, z2))              # (D,) regularised std
     variance = F.relu(1 - std1).mean() / 2 + F.relu(1 - std2).mean() / 2
     off_diagonal = ~torch.eye(d, dtype=torch.bool, device=z1.device)
-    covariance = sum((z.T @ z / (n - 1))[off_diagonal].pow(2).sum() / d for z in (z1, z2))  # (D, D) each
+    covariance = sum((z.T @ z / (n - 1)).masked_select(off_diagonal).pow(2).sum() / d for z in (z1, z2))  # (D, D)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
 

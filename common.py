@@ -768,19 +768,31 @@ def apply_params(x, p, size, spec):
     """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
     crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
     x = resized_crop(x, p["top"], p["left"], p["height"], p["width"], size)
-    x = torch.where(p["flip"][:, None, None, None], x.flip(-1), x)
+    # Each op runs on its samples only, gathered by index_select (x[idx] and torch.where with a per-sample
+    # mask, which would also compute the op for every sample, are several times slower on the CPU).
+    idx = p["flip"].nonzero()[:, 0]
+    if len(idx):
+        x[idx] = x.index_select(0, idx).flip(-1)
     if spec["jitter_p"] > 0:
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
             for o, op in enumerate(ops):
                 idx = (p["jitter"] & (p["order"][:, position] == o)).nonzero()[:, 0]
                 if len(idx):
-                    x[idx] = op(x[idx], p["factors"][idx, o])
-    x = torch.where(p["gray"][:, None, None, None], grayscale(x).expand_as(x), x)
-    idx = p["blur"].nonzero()[:, 0]
+                    x[idx] = op(x.index_select(0, idx), p["factors"][idx, o])
+    idx = p["gray"].nonzero()[:, 0]
     if len(idx):
-        x[idx] = gaussian_blur(x[idx], p["sigma"][idx], blur_kernel_size(size))
-    return torch.where(p["solarize"][:, None, None, None] & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
+        x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
+    idx = p["blur"].nonzero()[:, 0]
+    if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
+        x = gaussian_blur(x, p["sigma"], blur_kernel_size(size))
+    elif len(idx):
+        x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size(size))
+    idx = p["solarize"].nonzero()[:, 0]
+    if len(idx):
+        y = x.index_select(0, idx)
+        x[idx] = torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y)
+    return x
 
 
 class Augment:
@@ -815,8 +827,11 @@ def resized_crop(x, top, left, height, width, size):
         m.scatter_add_(2, (start[:, None] + i0)[..., None], (1 - w1)[..., None])
         return m.scatter_add_(2, (start[:, None] + i1)[..., None], w1[..., None])
     rows, cols = weights(top, height, H), weights(left, width, W)
-    # two batched matmuls, (size, H) @ (H, W) @ (W, size) per sample: much faster than gathers
-    return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)  # (B, C, size, size)
+    # two batched matmuls per sample, (size, H) @ (H, C W) then (size C, W) @ (W, size): much faster than
+    # gathers, and than broadcasting the matrices over the channels (C times as many small products)
+    y = rows @ x.permute(0, 2, 1, 3).reshape(B, H, C * W)                  # (B, size, C W)
+    y = y.view(B, size * C, W) @ cols.transpose(1, 2)                      # (B, size C, size)
+    return y.view(B, size, C, size).permute(0, 2, 1, 3).contiguous()       # (B, C, size, size)
 
 
 def grayscale(x):  # ITU-R 601-2 luma, as torchvision: (B, 1, H, W)
@@ -829,7 +844,7 @@ def _blend(x, y, f):  # torchvision _blend for float images; f (B,)
 
 
 def adjust_brightness(x, f):
-    return _blend(x, torch.zeros_like(x), f)
+    return _blend(x, 0.0, f)  # torchvision blends with a black image: the same sums, without the image
 
 
 def adjust_contrast(x, f):
@@ -842,19 +857,25 @@ def adjust_saturation(x, f):
 
 def adjust_hue(x, f):
     """Rotate hue by f (in turns, |f| <= 0.5): RGB -> HSV, shift, HSV -> RGB, as torchvision."""
+    # Arithmetic only (comparisons, where, fmod, remainder are several times slower on the CPU): masks are
+    # 1 - sign(d) of differences d >= 0, y mod m is y - m floor(y / m); the same values as torchvision's.
     r, g, b = x.unbind(1)
-    maxc, minc = x.max(1).values, x.min(1).values
+    maxc, minc = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
     chroma = maxc - minc
-    flat = maxc == minc
-    s = chroma / torch.where(flat, torch.ones_like(maxc), maxc)
-    c = torch.where(flat, torch.ones_like(chroma), chroma)
+    flat = 1 - torch.sign(chroma)  # grey pixels (max == min) divide by 1 instead: s = 0, h = 0
+    s = chroma / (maxc + flat)
+    c = chroma + flat
     rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.fmod(h / 6.0 + 1.0, 1.0)
-    h = torch.remainder(h + f[:, None, None], 1.0)
+    is_r = 1 - torch.sign(maxc - r)
+    is_g = (1 - torch.sign(maxc - g)) * (1 - is_r)
+    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + (1 - is_r - is_g) * (4.0 + gc - rc)
+    h = h / 6.0 + 1.0
+    h = h - torch.floor(h) + f[:, None, None]  # hue in [0, 1), shifted
+    h = h - torch.floor(h)
     # HSV -> RGB in closed form: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
     # with k = (n + 6h) mod 6; the same values as torchvision's six-sector table, without the table
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None], 6)
+    k = torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]
+    k = k - 6 * torch.floor(k / 6)
     return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
 
 

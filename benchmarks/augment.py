@@ -1,11 +1,30 @@
-"""Two-view augmentation throughput: common.Augment (batched, on the device) against the usual
-torchvision per-image pipeline (transforms.v2 on uint8 tensors, one image at a time, as a DataLoader
-worker would run it), same policy, same machine, one run. Not run by CI.
+"""Two-view augmentation throughput: common.Augment (batched, on the device) against the torchvision
+pipelines people train with, same policy, same images, same machine, one run. Not run by CI.
 
-    python benchmarks/augment.py [--policy asymmetric] [--size 32] [--batch 512] [--device cpu]
+    python benchmarks/augment.py [--policy asymmetric] [--policies asymmetric symmetric large]
+                                 [--sizes 32 96] [--batch 256] [--n 2048] [--rounds 3] [--device cpu]
+
+Three figures per policy and image size, in images per second (each image gives both views):
+- batched: common.Augment on a batch of --batch uint8 images on --device (what the training loops run),
+  with --threads threads (default: one per core); the median of --repeats batches;
+- DataLoader: the same policy written with torchvision.transforms.v2 on uint8 tensors, applied image by
+  image in a torch.utils.data.DataLoader with one worker per core (os.cpu_count(), one thread each),
+  persistent workers, batches of --batch. The workers are started and have produced a first batch
+  before the clock starts; then a whole pass over --n images is timed, every batch of it counted;
+- per image: the same torchvision pipeline one image at a time in this process, no workers, for
+  reference (what each DataLoader worker runs).
+Then batched / DataLoader and batched / per image. The first ratio printed is batched / DataLoader at
+the first size for --policy. The images are `shapes` at each size (datasets are stored at the training
+size, so crops are upsampled, as in training).
+
+The machine this runs on may be shared: the three are measured in turn, --rounds times, and each
+figure is its best round, so that a busy moment does not count against one pipeline only. The
+batched path waits at every op for all its threads: with other processes running, use --threads 1
+--workers 1 for a like-for-like comparison on one core.
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -14,6 +33,8 @@ import torchvision.transforms.v2 as T
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
+
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
 
 def torchvision_view(spec, size, mean, std):
@@ -28,35 +49,95 @@ def torchvision_view(spec, size, mean, std):
         T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
 
 
-def images_per_second(fn, n, repeats):
-    fn()  # warm-up
-    start = time.perf_counter()
+class TwoViews(torch.utils.data.Dataset):
+    """uint8 images -> (view 1, view 2), one image at a time, as a torchvision training set does."""
+    def __init__(self, images, views):
+        self.images, self.views = images, views
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return tuple(v(self.images[i]) for v in self.views)
+
+
+def batched_images_per_second(augment, batch, repeats, device):
+    seconds = []
     for _ in range(repeats):
-        fn()
-    return n * repeats / (time.perf_counter() - start)
+        start = time.perf_counter()
+        augment(batch)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return len(batch) / statistics.median(seconds)
+
+
+def per_image_images_per_second(views, images):
+    start = time.perf_counter()
+    for img in images:
+        for v in views:
+            v(img)
+    return len(images) / (time.perf_counter() - start)
+
+
+def dataloader_images_per_second(loader):
+    batches = iter(loader)  # persistent workers: drains what is still in flight, then starts this pass
+    start = time.perf_counter()
+    n = sum(len(views[0]) for views in batches)
+    return n / (time.perf_counter() - start)
+
+
+def measure(policy, size, a):
+    """(batched, DataLoader, per image) images/s, each the best of a.rounds rounds."""
+    # a few hundred distinct images, repeated to --n: make_shapes takes seconds at 96 px
+    x, y = common.make_shapes(min(a.n, 512), size, seed=0)
+    x = x.repeat((a.n + len(x) - 1) // len(x), 1, 1, 1)[:a.n]
+    data = common.Data((x, y), (x, y), (x, y), 10, MEAN, STD)  # only its mean and std are used
+    ours = common.Augment(policy, data, size)
+    batch = x[:a.batch].to(a.device)
+    ours(batch)  # warm-up
+    views = [torchvision_view(spec, size, MEAN, STD) for spec in common.POLICIES[policy]]
+    loader = torch.utils.data.DataLoader(TwoViews(x, views), batch_size=a.batch, shuffle=True,
+                                         num_workers=a.workers, persistent_workers=True, drop_last=True)
+    for _ in loader:  # starts the workers and waits for a first batch; the rest of this pass is
+        break         # drained when the first timed pass starts, before its clock starts
+    best = [0.0, 0.0, 0.0]
+    for _ in range(a.rounds):
+        figures = (batched_images_per_second(ours, batch, a.repeats, a.device),
+                   dataloader_images_per_second(loader),
+                   per_image_images_per_second(views, x[:a.per_image_n]))
+        best = [max(b, f) for b, f in zip(best, figures)]
+    del loader  # stops its workers before the next measurement
+    return best
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--policy", default="asymmetric", choices=[k for k in common.POLICIES if k != "linear"])
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=3)
+    policies = [k for k in common.POLICIES if k != "linear"]
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--policy", default="asymmetric", choices=policies, help="measured first")
+    p.add_argument("--policies", nargs="+", default=["asymmetric", "symmetric", "large"], choices=policies,
+                   help="then these")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--n", type=int, default=2048, help="images in each timed DataLoader pass")
+    p.add_argument("--per-image-n", type=int, default=256, help="images timed one by one in this process")
+    p.add_argument("--repeats", type=int, default=5, help="batches of common.Augment per round (median)")
+    p.add_argument("--rounds", type=int, default=3, help="each figure is the best of this many rounds")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the batched path")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
-    x, y = common.make_shapes(a.batch, a.size, seed=0)
-    data = common.Data((x, y), (x, y), (x, y), 10, (0.5,) * 3, (0.25,) * 3)
-    ours = common.Augment(a.policy, data, a.size)
-    xd = x.to(a.device)
-    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    batched = images_per_second(lambda: (ours(xd), sync()), a.batch, a.repeats)
-    views = [torchvision_view(spec, a.size, (0.5,) * 3, (0.25,) * 3) for spec in common.POLICIES[a.policy]]
-    per_image = images_per_second(lambda: [[v(img) for v in views] for img in x], a.batch, a.repeats)
-    print(f"policy {a.policy}, {a.size} px, batch {a.batch}, {torch.get_num_threads()} threads, device {a.device}")
-    print(f"{'pipeline':<40}{'images/s (2 views)':>20}")
-    print(f"{'torchvision v2, per image':<40}{per_image:>20.0f}")
-    print(f"{'common.Augment, batched':<40}{batched:>20.0f}")
-    print(f"ratio: {batched / per_image:.1f}x")
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores; batched: {torch.get_num_threads()} threads on "
+          f"{a.device}; DataLoader: {a.workers} workers x 1 thread, torchvision v2 on uint8 tensors; "
+          f"batch {a.batch}, {a.n} images per pass, best of {a.rounds} rounds")
+    print(f"{'policy':<12}{'px':>5}{'batched':>10}{'DataLoader':>12}{'per image':>11}"
+          f"{'batched/DataLoader':>20}{'batched/per image':>19}   (images/s, 2 views each)")
+    for policy in [a.policy] + [q for q in a.policies if q != a.policy]:
+        for size in a.sizes:
+            batched, loaded, per_image = measure(policy, size, a)
+            print(f"{policy:<12}{size:>5}{batched:>10.0f}{loaded:>12.0f}{per_image:>11.0f}"
+                  f"{batched / loaded:>19.1f}x{batched / per_image:>18.1f}x", flush=True)
 
 
 if __name__ == "__main__":
