@@ -2,11 +2,11 @@
 pipelines people train with, same policy, same images, same machine, one run. Not run by CI.
 
     python benchmarks/augment.py [--policy asymmetric] [--policies asymmetric symmetric large]
-                                 [--sizes 32 96] [--batch 256] [--n 2048] [--rounds 3] [--device cpu]
+                                 [--sizes 32 96] [--batch 256] [--n 2048] [--rounds 5] [--device cpu]
 
 Three figures per policy and image size, in images per second (each image gives both views):
-- batched: common.Augment on a batch of --batch uint8 images on --device (what the training loops run),
-  with --threads threads (default: one per core); the median of --repeats batches;
+- batched: common.Augment on batches of --batch uint8 images on --device (what the training loops run),
+  with --threads threads (default: one per core), --n images;
 - DataLoader: the same policy written with torchvision.transforms.v2 on uint8 tensors, applied image by
   image in a torch.utils.data.DataLoader with one worker per core (os.cpu_count(), one thread each),
   persistent workers, batches of --batch. The workers are started and have produced a first batch
@@ -17,14 +17,13 @@ Then batched / DataLoader and batched / per image. The first ratio printed is ba
 the first size for --policy. The images are `shapes` at each size (datasets are stored at the training
 size, so crops are upsampled, as in training).
 
-The machine this runs on may be shared: the three are measured in turn, --rounds times, and each
-figure is its best round, so that a busy moment does not count against one pipeline only. The
-batched path waits at every op for all its threads: with other processes running, use --threads 1
---workers 1 for a like-for-like comparison on one core.
+The machine this runs on may be shared (on this project's, a pipeline's speed drifts by 30% from one
+second to the next): the three are measured in turn, --rounds times, the first two on the same --n
+images, and each figure is its best round. The batched path waits at every op for all its threads:
+with other processes running, use --threads 1 --workers 1 for a like-for-like comparison on one core.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -61,15 +60,13 @@ class TwoViews(torch.utils.data.Dataset):
         return tuple(v(self.images[i]) for v in self.views)
 
 
-def batched_images_per_second(augment, batch, repeats, device):
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def batched_images_per_second(augment, batch, n, device):
+    start = time.perf_counter()
+    for _ in range(max(1, n // len(batch))):
         augment(batch)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return len(batch) / statistics.median(seconds)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return max(1, n // len(batch)) * len(batch) / (time.perf_counter() - start)
 
 
 def per_image_images_per_second(views, images):
@@ -103,7 +100,7 @@ def measure(policy, size, a):
         break         # drained when the first timed pass starts, before its clock starts
     best = [0.0, 0.0, 0.0]
     for _ in range(a.rounds):
-        figures = (batched_images_per_second(ours, batch, a.repeats, a.device),
+        figures = (batched_images_per_second(ours, batch, a.n, a.device),
                    dataloader_images_per_second(loader),
                    per_image_images_per_second(views, x[:a.per_image_n]))
         best = [max(b, f) for b, f in zip(best, figures)]
@@ -119,10 +116,9 @@ def main():
                    help="then these")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--n", type=int, default=2048, help="images in each timed DataLoader pass")
+    p.add_argument("--n", type=int, default=2048, help="images per round (batched, DataLoader)")
     p.add_argument("--per-image-n", type=int, default=256, help="images timed one by one in this process")
-    p.add_argument("--repeats", type=int, default=5, help="batches of common.Augment per round (median)")
-    p.add_argument("--rounds", type=int, default=3, help="each figure is the best of this many rounds")
+    p.add_argument("--rounds", type=int, default=5, help="each figure is the best of this many rounds")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of the batched path")
     p.add_argument("--device", default="cpu")
