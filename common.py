@@ -6,6 +6,7 @@ Data path ("CUDA data loading", as in airbench): each dataset is decoded once in
 there with independent random parameters per sample and per view. No DataLoader, no PIL.
 """
 import argparse
+import atexit
 import contextlib
 import json
 import math
@@ -387,6 +388,10 @@ def setup_distributed(args):
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
+        # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
+        # called without an active exception"; pytorch PR 179291), failing a run that had finished.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     default_hook = sys.excepthook
 
     def lost_peer(kind, e, tb):  # a process that failed closes its connections: the others say so in one line
