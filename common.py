@@ -438,11 +438,7 @@ def gather(x):
     Losses call it wherever they need the global batch (SimCLR negatives, covariances, ...)."""
     if WORLD_SIZE == 1 or not dist.is_initialized():
         return x
-    if not x.requires_grad:
-        parts = [torch.empty_like(x) for _ in range(WORLD_SIZE)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-    return _Gather.apply(x)
+    return _Gather.apply(x)  # without a gradient (labels, detached features) only forward runs
 
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -812,7 +808,8 @@ class Augment:
         params = [sample_params(spec, n, x.shape[2], x.shape[3], x.device) for spec in self.views]
         if self.world > 1:
             params = [{k: shard(v) for k, v in p.items()} for p in params]
-        return tuple(self.data.normalize(apply_params(x.clone(), p, self.size, spec)) for p, spec in zip(params, self.views))
+        # apply_params starts with the crop, which writes a new tensor: x itself is never modified
+        return tuple(self.data.normalize(apply_params(x, p, self.size, spec)) for p, spec in zip(params, self.views))
 
 
 def resized_crop(x, top, left, height, width, size):

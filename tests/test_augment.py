@@ -423,6 +423,18 @@ def test_identity_policy_is_just_normalisation(monkeypatch):
     assert torch.equal(data.normalize(x), expected)
 
 
+def test_apply_params_leaves_its_input_unchanged():
+    # Augment hands the same float batch to both views without copying it: apply_params must write
+    # only to its own output, even when the crop is the whole image and every op is applied.
+    spec = fixed_spec(flip_p=1.0, jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=1.0, gray_p=1.0, blur_p=1.0,
+                      solarize_p=1.0)
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    before = x.clone()
+    out = common.apply_params(x, common.sample_params(spec, len(x), 32, 32, "cpu"), 32, spec)
+    assert torch.equal(x, before) and not torch.equal(out, before)
+
+
 def test_each_view_uses_its_own_spec(monkeypatch):
     # View k is augmented with spec k: here view 1 is the identity and view 2 always flips and
     # solarizes, so view 2 is the normalised TF.solarize(TF.horizontal_flip(x)).
