@@ -1,5 +1,5 @@
-"""AdaDim: Dimensionality Adaptation for SSL Representational Dynamics (paper 003; anonymous ICLR
-submission under review, no arXiv id in our copy; no official code).
+"""AdaDim: Dimensionality Adaptation for SSL Representational Dynamics (anonymous ICLR submission under
+review, no arXiv id; no official code).
 
 VICReg (feature decorrelation) dominates while the embedding space is low-dimensional, InfoNCE
 (sample uniformity) takes over as its effective rank grows, and a small term keeps the mutual
@@ -21,15 +21,11 @@ Run:        python adadim.py                                     (CPU recipe on 
             torchrun --standalone --nproc_per_node=4 adadim.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   paper Table 4 (ResNet-18, 1000 epochs, batch 256): 92.81% CIFAR-10 / 71.20% CIFAR-100 for
             this baseline setting (online linear, A.4.1), 93.61% / 74.31% with a momentum encoder in the
-            expanded setting (offline linear, A.4.2). Measured here (CPU recipe, kNN accuracy, seeds 0-2,
-            random initialisation -> 10 epochs): shapes 0.208 -> 0.285, 0.202 -> 0.231, 0.224 -> 0.273;
-            digits (benchmarks/recipes.py) 0.791 -> 0.763, 0.721 -> 0.830, 0.758 -> 0.766. With
-            --momentum 0.996 (seeds 0-1): shapes 0.208 -> 0.265, 0.202 -> 0.247; digits 0.791 -> 0.864,
-            0.721 -> 0.830. Alpha: 0.70-0.77 on the random network, down to 0.21-0.24 by epoch 2-5, then
-            rising to 0.25-0.27 (momentum: falling steadily to 0.32-0.33). No GPU run yet.
+            expanded setting (offline linear, A.4.2). This repository's CPU recipe and its alpha
+            trajectory: see README Results.
 Deviations:
 - Loss weights as equation 5 and the text (VICReg early, InfoNCE late, Figure 5c); the appendix A.3
-  pseudocode swaps alpha and 1 - alpha and tests `alpha_epoch % current_epoch`: both slips (SPEC.md).
+  pseudocode swaps alpha and 1 - alpha and tests `alpha_epoch % current_epoch`: both slips.
   Alpha is computed at the start of epochs 0, e, 2e, ... (e = --alpha-every) right after the epoch is
   reseeded, on 10 freshly drawn and augmented batches in train mode (BatchNorm buffers restored after).
 - H_2 is the order-2 Renyi entropy of appendix A.6 (-log tr K^2); section 4 prints a factor 1/2.
@@ -70,13 +66,8 @@ RECIPES = {
         proj_hidden=2048,     # "3-layer MLP projector" with output 2048 (section 5); hidden 2048 as
         proj_dim=2048,        # solo-learn cifar/vicreg.yaml, the paper's VICReg comparison (Table 10)
     ),
-    # the CPU recipe, data and backbone as simclr.py's; the method's values measured here (seed 0,
-    # kNN after 10 epochs, from 0.208 at initialisation): lr 2e-3 / 5e-3 with a 256-256-256 projector
-    # 0.243 / 0.264, 1024-wide at 2e-3 0.277 (twice as slow), 256-64 0.228, 512-wide at 5e-3 0.285.
-    # alpha_every=1: 10 alpha updates in 10 epochs (the paper makes 20 in 400); with 20, alpha is
-    # measured once, on the random network (0.67), and never adapts (0.256 vs 0.243 at lr 2e-3).
-    # Those with the moderate policy; paper 004's `small` then gained 14.1 / 14.2 / 12.5 points on
-    # seeds 0-2 (moderate: 7.7 / 2.9 / 5.0).
+    # the CPU recipe, a minute or two on 2 cores: chosen by measurement (benchmarks/recipes.py); alpha is
+    # measured every epoch (the paper makes 20 measurements in 400 epochs; with 20 here it would be one)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=512, proj_dim=512, alpha_every=1),
@@ -89,44 +80,60 @@ RECIPES = {
 
 def get_args(argv=None):
     parser = common.get_parser("adadim", __doc__, RECIPES)
-    parser.add_argument("--temperature", type=common.positive(float), default=0.1, help="InfoNCE tau (Table 7)")
-    parser.add_argument("--gamma", type=common.in_range(float, -1, 1), default=1e-4,
-                        help="beta = gamma * alpha (Table 7; 0 removes L_mut; Table 9 tunes it per dataset)")
-    parser.add_argument("--alpha-mode", default="ada", choices=["ada", "fixed", "linear", "cosine"],
-                        help="ada: effective rank (eq. 5); the others are Table 2 / Table 16 alternatives")
-    parser.add_argument("--alpha", type=common.in_range(float, 0, 1), default=0.5, help="for --alpha-mode fixed")
-    parser.add_argument("--beta-mode", default="ada", choices=["ada", "fixed"], help="fixed: beta = gamma")
-    parser.add_argument("--alpha-every", type=common.positive(int), default=20, help="epochs between alpha updates")
-    parser.add_argument("--alpha-batches", type=common.positive(int), default=10, help="batches per alpha update")
-    parser.add_argument("--momentum", type=common.in_range(float, 0, 1), default=0.0,
-                        help="base EMA momentum of a momentum encoder (A.3, Table 8: 0.996); 0: none")
-    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048)
-    parser.add_argument("--proj-dim", type=common.positive(int), default=2048)
+    flags = parser.add_argument_group("AdaDim (this file's flags)")
+    flags.add_argument("--temperature", type=common.positive(float), default=0.1, help="InfoNCE tau (Table 7)")
+    flags.add_argument("--gamma", type=common.in_range(float, -1, 1), default=1e-4,
+                       help="beta = gamma * alpha (Table 7; 0 removes L_mut; Table 9 tunes it per dataset)")
+    flags.add_argument("--alpha-mode", default="ada", choices=["ada", "fixed", "linear", "cosine"],
+                       help="ada: effective rank (eq. 5); the others are Table 2 / Table 16 alternatives")
+    flags.add_argument("--alpha", type=common.in_range(float, 0, 1), default=0.5, help="for --alpha-mode fixed")
+    flags.add_argument("--beta-mode", default="ada", choices=["ada", "fixed"], help="fixed: beta = gamma")
+    flags.add_argument("--alpha-every", type=common.positive(int), default=20, help="epochs between alpha updates")
+    flags.add_argument("--alpha-batches", type=common.positive(int), default=10, help="batches per alpha update")
+    flags.add_argument("--momentum", type=common.in_range(float, 0, 1), default=0.0,
+                       help="base EMA momentum of a momentum encoder (A.3, Table 8: 0.996); 0: none")
+    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048)
+    flags.add_argument("--proj-dim", type=common.positive(int), default=2048)
     return common.parse_args(parser, argv)
 
 
 # ---------------------------------------------------------------------------------------- loss
-def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
-    """VICReg (appendix A.5) with the official code's conventions; z1, z2: (N, D)."""
-    z1, z2 = z1.float(), z2.float()
-    n, d = z1.shape
-    invariance = F.mse_loss(z1, z2)                                             # mean over N * D entries
-    z1, z2 = z1 - z1.mean(0), z2 - z2.mean(0)
-    std1, std2 = (torch.sqrt(z.var(0) + 1e-4) for z in (z1, z2))              # (D,) regularised std
-    variance = F.relu(1 - std1).mean() / 2 + F.relu(1 - std2).mean() / 2
-    off_diagonal = ~torch.eye(d, dtype=torch.bool, device=z1.device)
-    covariance = sum((z.T @ z / (n - 1)).masked_select(off_diagonal).pow(2).sum() / d for z in (z1, z2))  # (D, D)
-    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+# VICReg and InfoNCE: letter for letter the functions of vicreg.py and simclr.py (a test compares the text)
+def off_diagonal(m):
+    """The D * (D - 1) off-diagonal entries of a square (D, D) matrix, flattened."""
+    d = m.shape[0]
+    return m.masked_select(~torch.eye(d, dtype=torch.bool, device=m.device))
 
 
-def info_nce_loss(z1, z2, temperature=0.1):
-    """InfoNCE (appendix A.5): each of the 2N normalised embeddings picks out its partner among the
-    2N - 1 others; mean over the 2N anchors of -log softmax(cosine / tau)[partner]."""
+def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
+    """VICReg loss of two views' embeddings z1, z2: (N, D), row i of each from image i (the whole
+    batch: under torchrun the caller gathers it). Returns (loss, terms) with the unweighted terms
+    {"invariance", "variance", "covariance"}."""
+    z1, z2 = z1.float(), z2.float()                                        # (N, D) each, float32
+    invariance = F.mse_loss(z1, z2)                                        # VICReg eq. 5, here also / D
+    variance, covariance = 0.0, 0.0
+    for z in (z1, z2):
+        n, d = z.shape
+        z = z - z.mean(dim=0)                                              # (N, D) centred
+        std = torch.sqrt(z.var(dim=0) + 1e-4)                              # (D,) VICReg eq. 2, epsilon 1e-4
+        variance = variance + F.relu(1 - std).mean() / 2                   # eq. 1, gamma 1; / 2: official
+        cov = z.T @ z / (n - 1)                                            # (D, D) eq. 3
+        covariance = covariance + off_diagonal(cov).pow(2).sum() / d       # eq. 4, summed over the 2 views
+    loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance   # eq. 6
+    return loss, {"invariance": invariance, "variance": variance, "covariance": covariance}
+
+
+def nt_xent_loss(z1, z2, temperature=0.2):
+    """NT-Xent over the 2N projections of two views; z1, z2: (N, D), row i of each from image i.
+    Returns the mean over all 2N anchors of -log softmax(sim / tau)[partner], the softmax running
+    over the 2N - 1 other projections (1 positive, 2N - 2 negatives)."""
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D)
-    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))              # (2N, 2N), no self-pairs
-    partner = torch.arange(2 * n, device=z.device).roll(n)                      # i <-> i + N
-    return F.cross_entropy(logits, partner)
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D), unit rows
+    logits = z @ z.T / temperature                                              # (2N, 2N) cosine / tau
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))                       # an anchor is not its own negative
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,)
+    return F.cross_entropy(logits, partner)                                     # log-sum-exp, mean over 2N
 
 
 def renyi_entropy(gram):
@@ -144,7 +151,7 @@ def renyi_mutual_information(r, z):
 
 
 def effective_rank(z):
-    """Roy & Vetterli (paper ref. 38): exp(entropy of the singular values divided by their sum)."""
+    """Roy & Vetterli 2007: exp(entropy of the singular values divided by their sum)."""
     s = torch.linalg.svdvals(z.double())
     p = s / s.sum()
     return torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum())             # 0 log 0 = 0
@@ -155,13 +162,13 @@ def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
     momentum: (z1m, z2m, r1m, r2m) of the momentum encoder, paired as in appendix A.3.
     Returns the loss and its terms (vicreg, nce, mutual_information)."""
     if momentum is None:
-        vicreg = vicreg_loss(z1, z2)
-        nce = info_nce_loss(z1, z2, temperature)
+        vicreg = vicreg_loss(z1, z2)[0]
+        nce = nt_xent_loss(z1, z2, temperature)
         mutual = (renyi_mutual_information(r2, z1) + renyi_mutual_information(r1, z2)) / 2
     else:
         z1m, z2m, r1m, r2m = momentum
-        vicreg = (vicreg_loss(z1, z2m) + vicreg_loss(z1m, z2)) / 2
-        nce = (info_nce_loss(z1, z2m, temperature) + info_nce_loss(z1m, z2, temperature)) / 2
+        vicreg = (vicreg_loss(z1, z2m)[0] + vicreg_loss(z1m, z2)[0]) / 2
+        nce = (nt_xent_loss(z1, z2m, temperature) + nt_xent_loss(z1m, z2, temperature)) / 2
         mutual = (renyi_mutual_information(r2, z1) + renyi_mutual_information(r1, z2) +
                   renyi_mutual_information(r2m, z1m) + renyi_mutual_information(r1m, z2m)) / 4
     loss = (1 - beta) * ((1 - alpha) * vicreg + alpha * nce) - beta * mutual
@@ -255,8 +262,8 @@ class MomentumEncoder:
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
     args = get_args(argv)
-    run = common.Run(args, __file__)
-    device = run.device
+    device = common.setup_device(args)        # cuda, mps or cpu; under torchrun also joins the process group
+    run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
@@ -270,8 +277,10 @@ def main(argv=None):
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
-    start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe, alpha=schedule,
-                      **({"momentum": momentum} if momentum else {}))
+    state = dict(model=model, optimizer=optimizer, probe=probe, alpha=schedule)  # what last.pt holds
+    if momentum:
+        state["momentum"] = momentum
+    start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
     second = momentum.model if momentum else model
 
@@ -310,9 +319,21 @@ def main(argv=None):
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", alpha=f"{alpha:.3f}",
                                 img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
-        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            return  # --stop-after
+        row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
+               "images_per_sec": len(loader) * args.batch_size / seconds,
+               "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
+        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            row.update(common.evaluate(model.backbone, probe, data, device))
+        if args.track_every and (epoch + 1) % args.track_every == 0:
+            import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+        run.log(row)                 # log.jsonl, and one printed line
+        run.save(epoch + 1, state)   # last.pt, atomically
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            return run.stopped(epoch + 1)
     run.finish(model.backbone, data)
 
 

@@ -2,7 +2,8 @@
 
 Two augmented views of each image go through the backbone f and the projector g; each view's
 embeddings are standardised per dimension over the batch, and the cross-correlation matrix of the two
-views is pushed towards the identity (Barlow Twins paper eq. 1-2; paper 001 eq. 1):
+views is pushed towards the identity (Barlow Twins paper eq. 1-2; "Preventing Collapses in
+Non-Contrastive Self-Supervised Learning" eq. 1):
     z1n, z2n   = (z - mean_n(z)) / sqrt(Var_n(z) + 1e-5)          per dimension, batch statistics
     C          = z1n^T z2n / N                                     (D, D) cross-correlation
     on_diagonal  = sum_i (1 - C_ii)^2                              invariance
@@ -17,14 +18,11 @@ Run:        python barlow.py --dataset cifar100                 (ResNet-18, 1000
             python barlow.py                                    (shapes, CPU recipe, about a minute)
             torchrun --standalone --nproc_per_node=4 barlow.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 70.90% (CIFAR-100) / 92.10% (CIFAR-10) top-1 for its
-            cifar/barlow.yaml at 1000 epochs (one README version labels the column online). Measured here
-            (CPU recipe, kNN accuracy at random initialisation -> after 10 epochs, seeds 0-2):
-            shapes 0.208 -> 0.283, 0.202 -> 0.263, 0.224 -> 0.267 (margin 4.3-7.5 points);
-            scikit-learn digits (benchmarks/recipes.py) 0.791 -> 0.850, 0.721 -> 0.869, 0.758 -> 0.847.
-            No GPU run yet.
+            cifar/barlow.yaml at 1000 epochs (one README version labels the column online). This
+            repository's CPU recipe: see README Results.
 Deviations:
 - lambda 0.0051 and no global scale (scale_loss 1) are the official defaults (facebookresearch/
-  barlowtwins, SPEC.md). The CIFAR recipe uses solo-learn's scale_loss 0.1 (cifar/barlow.yaml),
+  barlowtwins). The CIFAR recipe uses solo-learn's scale_loss 0.1 (cifar/barlow.yaml),
   because its lr, weight decay and LARS settings were tuned with it: LARS's trust ratio cancels most
   of a global scale for weights, but not its balance against weight decay, nor the plain-SGD steps
   of biases and BatchNorm. --scale-loss 1 gives the official loss.
@@ -40,8 +38,8 @@ Deviations:
 - Blur at 32 px uses a 3-tap kernel (10% of the side, torchvision GaussianBlur convention); solo-learn
   uses PIL's full-support blur, so its blur is stronger. Crops are resized bilinearly (solo-learn: bicubic).
 - The online probe uses AdamW on detached features (solo-learn: SGD in the same optimizer).
-- The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and paper
-  004's `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (RECIPES).
+- The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and the
+  `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (benchmarks/recipes.py).
 """
 import time
 
@@ -66,10 +64,7 @@ RECIPES = {
         lambd=0.0051,         # solo-learn's default lamb (barlow_twins.py), the official value
         scale_loss=0.1,       # scale_loss (official: 1; see Deviations)
     ),
-    # the CPU recipe (about a minute on 2 cores), measured here: see the module docstring
-    # (simclr.py's data, network and AdamW schedule; scale_loss 0.1 as "all", which AdamW nearly ignores).
-    # Measured here, kNN gain at seed 0 in points: policy small +7.5, moderate +1.7 (at lr 5e-3); the rest
-    # as vicreg.py's CPU recipe, whose search (policy, lr, projector) this one reuses
+    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=512, proj_dim=128),
@@ -82,12 +77,13 @@ RECIPES = {
 
 def get_args(argv=None):
     parser = common.get_parser("barlow", __doc__, RECIPES)
-    parser.add_argument("--lambd", type=common.nonnegative(float), default=0.0051,
-                        help="off-diagonal weight lambda (official)")
-    parser.add_argument("--scale-loss", type=common.positive(float), default=1.0,
-                        help="global loss scale (official 1; solo-learn's CIFAR recipe 0.1)")
-    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
-    parser.add_argument("--proj-dim", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags = parser.add_argument_group("Barlow Twins (this file's flags)")
+    flags.add_argument("--lambd", type=common.nonnegative(float), default=0.0051,
+                       help="off-diagonal weight lambda (official)")
+    flags.add_argument("--scale-loss", type=common.positive(float), default=1.0,
+                       help="global loss scale (official 1; solo-learn's CIFAR recipe 0.1)")
+    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags.add_argument("--proj-dim", type=common.positive(int), default=2048, help="solo-learn cifar")
     return common.parse_args(parser, argv)
 
 
@@ -98,28 +94,29 @@ def off_diagonal(m):
     return m.masked_select(~torch.eye(d, dtype=torch.bool, device=m.device))
 
 
-def standardize(z):
+def batchnorm_standardize(z):
     """Per-dimension standardisation with batch statistics, as BatchNorm1d(affine=False) in training:
     (z - mean) / sqrt(biased variance + 1e-5). z: (N, D)."""
     return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + 1e-5)
 
 
 def barlow_twins_loss(z1, z2, lambd=0.0051):
-    """Barlow Twins loss of two views' embeddings z1, z2: (N, D), row i of each from image i.
-    Returns (loss, terms) with the unweighted terms {"on_diagonal", "off_diagonal"}."""
-    z1, z2 = common.gather(z1.float()), common.gather(z2.float())          # global batch (N_all, D)
-    c = standardize(z1).T @ standardize(z2) / z1.shape[0]                  # (D, D) paper eq. 2
+    """Barlow Twins loss of two views' embeddings z1, z2: (N, D), row i of each from image i (the whole
+    batch: under torchrun the caller gathers it). Returns (loss, terms) with the unweighted terms
+    {"on_diagonal", "off_diagonal"}."""
+    z1, z2 = z1.float(), z2.float()                                        # (N, D) each, float32
+    c = batchnorm_standardize(z1).T @ batchnorm_standardize(z2) / z1.shape[0]  # (D, D) paper eq. 2
     on_diagonal = (1 - torch.diagonal(c)).pow(2).sum()                     # invariance, eq. 1
     off_diag = off_diagonal(c).pow(2).sum()                                # redundancy reduction, eq. 1
-    loss = on_diagonal + lambd * off_diag                                  # eq. 1 (paper 001 eq. 1)
+    loss = on_diagonal + lambd * off_diag                                  # eq. 1
     return loss, {"on_diagonal": on_diagonal, "off_diagonal": off_diag}
 
 
 @torch.no_grad()
 def embedding_std(z1, z2):
-    """Mean over dimensions of the per-dimension std of the embeddings (global batch), averaged over
-    the 2 views."""
-    return sum(common.gather(z.float()).std(dim=0).mean() for z in (z1, z2)) / 2
+    """Mean over dimensions of the per-dimension std of the embeddings z1, z2 (N, D), averaged over
+    the 2 views: about 1 when spread, 0 under total collapse."""
+    return sum(z.float().std(dim=0).mean() for z in (z1, z2)) / 2
 
 
 # --------------------------------------------------------------------------------------- model
@@ -140,8 +137,8 @@ class Model(nn.Module):
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
     args = get_args(argv)
-    run = common.Run(args, __file__)
-    device = run.device
+    device = common.setup_device(args)        # cuda, mps or cpu; under torchrun also joins the process group
+    run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
@@ -150,7 +147,8 @@ def main(argv=None):
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
-    start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)
+    state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds
+    start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
     for epoch in range(start, args.epochs):
@@ -166,7 +164,8 @@ def main(argv=None):
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
                 h1, z1 = net(x1)
-                h2, z2 = net(x2)
+                _, z2 = net(x2)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
             loss, terms = barlow_twins_loss(z1, z2, args.lambd)
             loss = args.scale_loss * loss
             optimizer.zero_grad(set_to_none=True)
@@ -176,9 +175,21 @@ def main(argv=None):
             meter.add(loss=loss, **terms, embedding_std=embedding_std(z1, z2), probe_loss=probe_loss)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
-        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            return  # --stop-after
+        row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
+               "images_per_sec": len(loader) * args.batch_size / seconds,
+               "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
+        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            row.update(common.evaluate(model.backbone, probe, data, device))
+        if args.track_every and (epoch + 1) % args.track_every == 0:
+            import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+        run.log(row)                 # log.jsonl, and one printed line
+        run.save(epoch + 1, state)   # last.pt, atomically
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            return run.stopped(epoch + 1)
     run.finish(model.backbone, data)
 
 

@@ -1,9 +1,20 @@
-"""Method-agnostic parts shared by every method file: arguments, data, augmentation, backbone,
-projector builder, evaluation, optimisation and run plumbing. No method logic lives here.
+"""Everything the method files share that is not a method. Read top to bottom, or jump to a section:
+
+    model            backbone (ResNet-18/50 with a width multiplier, CIFAR or ImageNet stem), projector
+    augmentation     POLICIES and Augment: two views per image, batched on the device, op for op as torchvision
+    data             load_data (shapes, cifar10, cifar100, stl10, imagefolder) into uint8 tensors; Loader
+    evaluation       OnlineProbe, knn_accuracy, evaluate, linear_eval
+    optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine)
+    training loop    seed_everything, seed_epoch, autocast, prepare_model, Meter
+    ------------------------- plumbing below: a method reader can skip it -------------------------
+    several processes   setup_device (device; under torchrun the process group), shard, gather, ddp
+    command line        get_parser (the shared flags, in groups), recipes, parse_args
+    run folder          Run: args.json, log.jsonl, last.pt, results.json, --resume, Ctrl-C
 
 Data path ("CUDA data loading", as in airbench): each dataset is decoded once into a uint8 tensor
-(N, 3, H, W) that lives on the training device; batches are index-selected from it and augmented
-there with independent random parameters per sample and per view. No DataLoader, no PIL.
+(N, 3, H, W) that lives on the training device; batches are index-selected from it and augmented there
+with independent random parameters per sample and per view. No DataLoader, no PIL in the training loop.
+No method logic lives here, and common.py imports nothing of this repository.
 """
 import argparse
 import atexit
@@ -27,8 +38,10 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-# set by torchrun for each process it starts (see setup_distributed); 0, 1, 0 for a plain `python x.py`
-RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+# Which process this is: set by torchrun for each process it starts (see setup_device); 0, 1, 0 for
+# a plain `python x.py`. Used throughout: only process 0 prints and writes files.
+RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d))
+                                for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
 
 
 def print0(*a, **k):  # under torchrun only the first process prints progress
@@ -41,455 +54,251 @@ def fail(message):
     raise SystemExit(f"error: {message}")
 
 
-# ----------------------------------------------------------------------------------- arguments
-DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "imagefolder")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line that names the flag and what is allowed, no usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def checked(kind, ok, allowed):
-    """An argparse type: parse with `kind`, then refuse non-finite values and values where ok(value)
-    is false, naming what is allowed. Method files declare each flag's range with it, in one place."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
-        return value
-    return parse
-
-
-def positive(kind):
-    return checked(kind, lambda v: v > 0, "positive")
-
-
-def nonnegative(kind):
-    return checked(kind, lambda v: v >= 0, "0 or more")
-
-
-def in_range(kind, low, high):  # closed interval
-    return checked(kind, lambda v: low <= v <= high, f"in [{low}, {high}]")
-
-
-def get_parser(method, doc, recipes):
-    """The shared parser. `recipes` is the method file's table: recipes["all"] holds the method's
-    values for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first:
-    the defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
-    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], epilog=(
-        f"Defaults depend on --dataset: each dataset has a recipe, the RECIPES table near the top of "
-        f"{method}.py (the values shown above are before any recipe). The program prints the recipe "
-        f"it uses and the flags that override it; args.json keeps the final values."))
-    p.add_argument("--dataset", default="shapes", choices=DATASETS)
-    p.add_argument("--recipe", choices=DATASETS, help="use another dataset's recipe, e.g. --recipe shapes "
-                   "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
-    p.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
-    p.add_argument("--image-size", type=in_range(int, 8, 4096), help="pixels (default: 32, stl10 96, imagefolder 224)")
-    p.add_argument("--train-subset", type=positive(int), help="use only N train images (quick runs on a laptop)")
-    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
-    p.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
-    p.add_argument("--epochs", type=positive(int), default=100)
-    p.add_argument("--batch-size", type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"),
-                   default=256)
-    p.add_argument("--lr", type=positive(float), default=0.3)
-    p.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
-    p.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
-    p.add_argument("--weight-decay", type=nonnegative(float), default=1e-4)
-    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
-    p.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
-                   help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio (solo-learn clip_lr)")
-    p.add_argument("--warmup-epochs", type=nonnegative(float), default=10)
-    p.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"])
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
-    p.add_argument("--seed", type=nonnegative(int), default=0)
-    p.add_argument("--out", default="runs")
-    p.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
-    p.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
-    p.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
-    p.add_argument("--linear-epochs", type=nonnegative(int), default=0, help="offline linear evaluation epochs (0: skip)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    p.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
-                   "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
-    p.set_defaults(method=method)
-    p.recipes = recipes
-    return p
-
-
-def given_flags(parser, argv, args):
-    """Names of the arguments given on the command line. Parses again over a namespace of
-    placeholders: argparse fills in defaults only where nothing is set, so whatever is not a
-    placeholder afterwards was given."""
-    unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
-    return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
-
-
-def parse_args(parser, argv=None):
-    parser.set_defaults(**parser.recipes.get("all", {}))  # here, after the method file added its flags:
-    args = parser.parse_args(argv)                          # a flag's own default would win otherwise
-    if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
-        parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
-    given = given_flags(parser, argv, args)
-    flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
-    if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        given -= {"resume", "stop_after", "device"}
-        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
-        try:
-            saved = json.load(open(os.path.join(run_dir, "args.json")))
-        except (OSError, ValueError) as e:
-            fail(f"--resume {args.resume}: cannot read {run_dir}/args.json ({e.__class__.__name__})")
-        if saved.get("method") != args.method:
-            fail(f"--resume {args.resume}: that is a {saved.get('method')} run; resume it with {saved.get('method')}.py")
-        for k in sorted(given):
-            if k in saved and saved[k] != getattr(args, k):
-                fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run "
-                     f"({saved[k]}); resume uses the saved arguments, so drop the flag")
-        vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
-        args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
-    else:  # the dataset's recipe fills in whatever was not given on the command line
-        args.recipe = args.recipe or args.dataset
-        recipe = parser.recipes.get(args.recipe, {})
-        vars(args).update({k: v for k, v in recipe.items() if k not in given})
-        flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
-                         if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
-        print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
-              + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
-    if args.name is None:
-        args.name = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return args
-
-
-# ------------------------------------------------------------------------------- run plumbing
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_epoch(seed, epoch):
-    # Every epoch reseeds from (seed, epoch): the shuffle and augmentations of epoch e are the same
-    # whether the run was interrupted before it or not, so --resume needs no RNG state.
-    seed_everything(seed * 100_003 + epoch)
-
-
-def get_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    kind = name.split(":")[0]
-    if not {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(kind, lambda: True)():
-        fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def autocast(device):
-    """bf16 autocast on CUDA (losses are then computed in float32 by the method); none elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare_model(model, args, device):
-    sync_batchnorm(model.to(device))
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    if args.compile:
-        model.backbone.compile()  # in place: state_dict keys stay the same
-    return model
-
-
-class Meter:
-    """Sums named scalar tensors without a host sync per step; .means() syncs once."""
-    def __init__(self):
-        self.sums, self.count = {}, 0
-
-    def add(self, **terms):
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
-        self.count += 1
-
-    def means(self):
-        return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
-
-
-def atomic_write(path, data):
-    """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
-    a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
-    short write (full disk) never replaces a good file. A failed write ends in one line on stderr."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        if isinstance(data, str):
-            with open(tmp, "w") as f:
-                f.write(data)
+# ---------------------------------------------------------------------------------------- model
+class ResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with a width multiplier (stage widths w, 2w, 4w, 8w) and a CIFAR stem
+    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features."""
+    def __init__(self, block, layers, width=64, cifar_stem=True):
+        nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
+        self._norm_layer, self.dilation, self.groups, self.base_width, self.inplanes = nn.BatchNorm2d, 1, 1, 64, width
+        if cifar_stem:
+            self.conv1, self.maxpool = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.Identity()
         else:
-            torch.save(data, tmp)
-            torch.load(tmp, map_location="cpu", weights_only=True)  # reads back, or raises
-        os.replace(tmp, path)
-    except BaseException as e:  # Ctrl-C included: never leave the temp file behind
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError, EOFError, pickle.UnpicklingError)):
-            fail(f"could not write {path} ({e.__class__.__name__}: {str(e)[:80]}); the previous file is "
-                 "untouched (full disk? unwritable folder?)")
-        raise
+            self.conv1, self.maxpool = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
+        self.bn1, self.relu = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        for i, blocks in enumerate(layers):  # layer1..layer4: widths w, 2w, 4w, 8w
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2))
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Identity()
+        self.out_dim = 8 * width * block.expansion
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-class Run:
-    """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code."""
-
-    def __init__(self, args, script):
-        self.args, self.script = args, script
-        self.device = setup_distributed(args)  # first: every process must agree on args.name
-        self.dir = os.path.join(args.out, args.name)
-        self.ckpt_path = os.path.join(self.dir, "last.pt")
-        self.checkpoint = None
-        if args.resume:
-            if not os.path.exists(self.ckpt_path):
-                fail(f"--resume {args.resume}: no last.pt in {self.dir}")
-            try:
-                self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-                assert {"epoch", "args", "state"} <= set(self.checkpoint)
-            except Exception as e:
-                fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
-                     f"({e.__class__.__name__}); the file is left untouched")
-            if self.checkpoint["epoch"] >= args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
-                print0(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
-                      f"To train longer, start a new run with a larger --epochs.")
-                raise SystemExit(0)
-        elif os.path.exists(self.ckpt_path):
-            fail(f"--name: {self.dir} already holds a run (last.pt); continue it with --resume {self.dir}, "
-                 "or choose another --name or --out")
-        try:  # fail now, in one line, rather than after loading data and training an epoch
-            os.makedirs(args.out, exist_ok=True)
-            probe_file = os.path.join(args.out, f".write-test{os.getpid()}")
-            open(probe_file, "w").close()
-            os.remove(probe_file)
-        except OSError as e:
-            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
-        if os.path.isdir(self.dir) and RANK == 0:  # temp files of a run killed mid-write
-            for f in os.listdir(self.dir):
-                if ".tmp" in f:
-                    os.remove(os.path.join(self.dir, f))
-        if WORLD_SIZE > 1:
-            print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
-                   f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
-        self.stateful, self.seconds, self.last_eval = {}, 0.0, {}
-
-    def start(self, data, backbone, **stateful):
-        """Write args.json and the code; restore `stateful` objects when resuming, else log the kNN
-        accuracy of the randomly initialised backbone as epoch 0 (the baseline learning must beat).
-        Returns the epoch to start from."""
-        self.stateful = stateful
-        signal.signal(signal.SIGINT, self.interrupted)
-        log = os.path.join(self.dir, "log.jsonl")
-        if RANK == 0:  # under torchrun only the first process writes; the others compute the same things
-            os.makedirs(self.dir, exist_ok=True)
-            atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
-            for f in (self.script, __file__):
-                shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
-        if self.checkpoint is None:
-            self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
-            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
-            if RANK == 0:
-                atomic_write(log, json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
-            return 0
-        for k, obj in stateful.items():
-            obj.load_state_dict(self.checkpoint["state"][k])
-        done = self.checkpoint["epoch"]
-        lines = [json.loads(l) for l in open(log) if l.endswith("\n")] if os.path.exists(log) else []
-        lines = [l for l in lines if l["epoch"] <= done]  # drop epochs logged after the checkpoint
-        self.seconds = sum(l.get("seconds", 0) for l in lines)
-        self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
-        self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
-        if RANK == 0:
-            atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
-        print0(f"resuming {self.dir} after epoch {done}")
-        return done
-
-    def interrupted(self, *_):  # Ctrl-C: last.pt holds the last completed epoch (atomic writes)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if RANK > 0:  # torchrun: Ctrl-C reaches every process; one message is enough
-            raise SystemExit(1)
-        saved = (f"{self.ckpt_path} holds the last completed epoch; continue with --resume {self.dir}"
-                 if os.path.exists(self.ckpt_path) else "no epoch was completed, nothing to resume")
-        fail(f"interrupted (Ctrl-C); {saved}")
-
-    def progress(self, loader, epoch):
-        return tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False, dynamic_ncols=True,
-                    mininterval=1.0, disable=None if RANK == 0 else True)
-
-    def end_epoch(self, epoch, meter, lr, seconds, images, backbone, probe, data):
-        """Check the losses, evaluate (every --eval-every epochs and at the end), log, checkpoint."""
-        terms = meter.means()
-        for k, v in terms.items():
-            if not math.isfinite(v):
-                fail(f"{k} is {v} in epoch {epoch + 1}; stopped before saving, so {self.ckpt_path} still "
-                     f"holds the last good epoch; try a lower --lr (now {self.args.lr})")
-        row = {"epoch": epoch + 1, **terms, "lr": lr, "seconds": seconds, "images_per_sec": images / seconds,
-               "world_size": WORLD_SIZE, "global_batch": self.args.batch_size}
-        if (epoch + 1) % self.args.eval_every == 0 or epoch + 1 == self.args.epochs:
-            self.last_eval = evaluate(backbone, probe, data, self.device)
-            row.update(self.last_eval)
-        if self.args.track_every and (epoch + 1) % self.args.track_every == 0:
-            row.update(track(self.stateful["model"], data, self.device))
-        self.seconds += seconds
-        if RANK == 0:
-            with open(os.path.join(self.dir, "log.jsonl"), "a") as f:  # log first: resume trims it to last.pt
-                f.write(json.dumps(row) + "\n")
-            state = {k: obj.state_dict() for k, obj in self.stateful.items()}
-            atomic_write(self.ckpt_path, {"epoch": epoch + 1, "args": vars(self.args), "state": state})
-        print0(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                        if k not in ("world_size", "global_batch")))
-        stop = self.args.stop_after is not None and epoch + 1 >= self.args.stop_after
-        if stop:
-            print0(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume {self.dir}")
-        return stop
-
-    def finish(self, backbone, data, extra=None):
-        """Final results (and the offline linear evaluation when asked) into results.json; `extra`
-        holds a method's own final measurements."""
-        results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
-                   "init_knn_acc": self.init_knn, "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
-        if self.args.linear_epochs > 0:
-            seed_everything(self.args.seed)  # same result whether or not the run was resumed
-            results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
-        results.update(extra or {})
-        if RANK == 0:
-            atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
-        print0(f"results: {json.dumps({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
-        return results
+def backbone(arch, width=64, image_size=32):
+    """ResNet-18 (512-d at width 64) or ResNet-50 (2048-d); ImageNet stem from 64 px up."""
+    block, layers = {"resnet18": (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
+                     "resnet50": (torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])}[arch]
+    return ResNet(block, layers, width, cifar_stem=image_size < 64)
 
 
-# ------------------------------------------------------------------------- several processes
-# torchrun (--nproc_per_node=N, --nnodes=M) starts one process per GPU and sets RANK, WORLD_SIZE and
-# LOCAL_RANK. --batch-size is the global batch: each process takes its slice of every global batch,
-# so a recipe's lr means the same on 1 or 8 GPUs and nothing is rescaled. Every process draws the
-# same random numbers (same seed): the shuffle, the augmentation parameters of the whole global batch
-# (each process keeps its slice) and the masks, so N processes train like one with the global batch.
-
-
-def setup_distributed(args):
-    """Returns this process's device; under torchrun joins the process group (NCCL on CUDA, gloo on
-    CPU) and agrees on the run folder name. Records world_size in args (so in args.json)."""
-    args.world_size = WORLD_SIZE
-    device = get_device(args.device)
-    if WORLD_SIZE == 1:
-        return device
-    if device.type not in ("cuda", "cpu"):
-        fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
-    if args.batch_size % WORLD_SIZE:
-        fail(f"--batch-size {args.batch_size} is the global batch and must be a multiple of the "
-             f"{WORLD_SIZE} processes (each takes an equal slice)")
-    if device.type == "cuda":
-        device = torch.device("cuda", LOCAL_RANK)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
-        # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
-        # called without an active exception"; pytorch PR 179291), failing a run that had finished.
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    default_hook = sys.excepthook
-
-    def lost_peer(kind, e, tb):  # a process that failed closes its connections: the others say so in one line
-        if issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(kind, getattr(dist, "DistError", ()))):
-            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
-                  file=sys.stderr)
-        else:
-            default_hook(kind, e, tb)
-    sys.excepthook = lost_peer
-    name = [args.name]  # the default name holds the time, which may differ by a second between processes
-    dist.broadcast_object_list(name, src=0)
-    args.name = name[0]
-    return device
-
-
-def shard(x):
-    """This process's slice of a tensor that every process holds whole (dim 0)."""
-    n = len(x) // WORLD_SIZE
-    return x[RANK * n:(RANK + 1) * n]
-
-
-class _Gather(torch.autograd.Function):
-    """all_gather with a backward. Every process computes the same loss L from the gathered global
-    batch; backward sums the gradients of the W copies of L (all_reduce) and keeps this process's
-    rows: W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each
-    sample's gradient counts exactly once. Keeping only the local gradient without the sum (the bug
-    of lightly issue 1528) would lose the part that flows through other processes' losses."""
-    @staticmethod
-    def forward(ctx, x):
-        parts = [torch.empty_like(x) for _ in range(WORLD_SIZE)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return shard(grad)
-
-
-def gather(x):
-    """The global batch: concatenation along dim 0 of every process's x, in rank order (so rows are
-    in the order of one process with the global batch); with gradient. The identity on one process.
-    Losses call it wherever they need the global batch (SimCLR negatives, covariances, ...)."""
-    if WORLD_SIZE == 1 or not dist.is_initialized():
-        return x
-    return _Gather.apply(x)  # without a gradient (labels, detached features) only forward runs
-
-
-class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm over the global batch for gloo/CPU (torch's SyncBatchNorm runs on CUDA only): sums
-    over processes through gather (so with gradient), mean then squared deviations (two passes, as
-    accurate as BatchNorm). Same parameters and buffers as BatchNorm1d/2d: checkpoints load either way."""
-    def _check_input_dim(self, x):
-        pass
-
+class L2Normalize(nn.Module):
     def forward(self, x):
-        if not (self.training and dist.is_initialized()):
-            return super().forward(x)
-        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
-        total = lambda t: gather(t[None]).sum(0)                   # sum over processes, with gradient
-        n = x.numel() // x.shape[1] * WORLD_SIZE                   # every process holds an equal slice
-        mean = total(x.sum(dims)) / n                              # (C,)
-        var = total(((x - mean.view(shape)) ** 2).sum(dims)) / n  # (C,) biased, used to normalise
-        with torch.no_grad():  # running statistics as nn.BatchNorm: unbiased variance
-            self.num_batches_tracked += 1
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / (n - 1), self.momentum)
-        x = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return x * self.weight.view(shape) + self.bias.view(shape) if self.affine else x
+        return F.normalize(x, dim=1)
 
 
-def sync_batchnorm(model):
-    """BatchNorm layers normalise over the global batch under torchrun (SimCLR, VICReg and Barlow
-    Twins' official code all do): torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm on CPU."""
-    if WORLD_SIZE == 1:
-        return model
-    if next(model.parameters()).is_cuda:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for parent in list(model.modules()):
-        for name, bn in list(parent.named_children()):
-            if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                new = CPUSyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine).to(bn.running_mean.device)
-                new.load_state_dict(bn.state_dict())
-                setattr(parent, name, new)
-    return model
+def projector(dims, batchnorm=True, last_bias=True, normalize=False):
+    """MLP dims[0] -> ... -> dims[-1]: Linear (+ BatchNorm) + ReLU between layers. Hidden linears
+    have no bias when followed by BatchNorm (it would be cancelled)."""
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=last_bias if last else not batchnorm))
+        if not last:
+            layers += [nn.BatchNorm1d(b)] if batchnorm else []
+            layers.append(nn.ReLU(inplace=True))
+    if normalize:
+        layers.append(L2Normalize())
+    return nn.Sequential(*layers)
 
 
-def ddp(model):
-    """What the training step calls: DistributedDataParallel under torchrun (it averages gradients
-    over processes during backward, overlapping the communication), else the model itself."""
-    if WORLD_SIZE == 1:
-        return model
-    device_ids = [LOCAL_RANK] if next(model.parameters()).is_cuda else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+# -------------------------------------------------------------------------------- augmentation
+# Three choices here are for speed on the CPU, each measured by benchmarks/augment.py (which says why):
+# ops run on the index-selected samples they apply to, the crop is two matrix products, and the hue
+# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py).
+def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
+         blur_p=0.0, solarize_p=0.0):
+    """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
+    return dict(crop_scale=crop_scale, crop_ratio=(3 / 4, 4 / 3), flip_p=flip_p, jitter=jitter,
+                jitter_p=jitter_p, gray_p=gray_p, blur_p=blur_p, solarize_p=solarize_p)
 
 
-# ------------------------------------------------------------------------------------ datasets
+def strength(scale, flip, s):  # projector-rank paper Table 2: jitter 0.8s, 0.8s, 0.8s, 0.2s
+    return view(crop_scale=(scale, 1.0), flip_p=0.5 if flip else 0.0, jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+                jitter_p=0.8, gray_p=0.2)
+
+
+_BYOL = dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2)
+POLICIES = {  # each is (view 1, view 2)
+    # BYOL / CorInfoMax thesis Table B.1 (solo-learn imagenet-100/augmentations/asymmetric.yaml;
+    # solo-learn's CIFAR file drops the blur: we keep the thesis, which used it on CIFAR too)
+    "asymmetric": (view(**_BYOL, blur_p=1.0), view(**_BYOL, blur_p=0.1, solarize_p=0.2)),
+    # SimCLR (solo-learn cifar/augmentations/symmetric.yaml): s = 1 jitter, blur 0.5
+    "symmetric": (view(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=0.5),) * 2,
+    # VICReg (solo-learn cifar/vicreg.yaml, its own augmentation block): both views crop 0.2-1,
+    # BYOL jitter, gray 0.2, no blur, solarize 0.1
+    "vicreg": (view(**_BYOL, crop_scale=(0.2, 1.0), solarize_p=0.1),) * 2,
+    # ReSSL (solo-learn cifar/augmentations/ressl.yaml), weak view first
+    "ressl": (view(), view(**_BYOL, blur_p=0.5)),
+    "small": (strength(0.9, False, 0.05),) * 2,
+    "moderate": (strength(0.5, True, 0.25),) * 2,
+    "large": (strength(0.08, True, 0.5),) * 2,
+    "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
+}
+SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 128"
+
+
+class Augment:
+    """Batched, on-device two-view augmentation: Augment(policy, data)(uint8 batch) -> normalised views.
+    With shard=True under torchrun, x is this process's slice of the global batch: parameters are drawn
+    for the whole global batch (as one process would) and this process keeps its slice."""
+    def __init__(self, policy, data, size, shard=True):
+        self.views, self.data, self.size, self.world = POLICIES[policy], data, size, WORLD_SIZE if shard else 1
+
+    def __call__(self, x):
+        x, n = x.float() / 255, len(x) * self.world
+        params = [sample_params(spec, n, x.shape[2], x.shape[3], x.device) for spec in self.views]
+        if self.world > 1:
+            params = [{k: shard(v) for k, v in p.items()} for p in params]
+        # apply_params starts with the crop, which writes a new tensor: x itself is never modified
+        return tuple(self.data.normalize(apply_params(x, p, self.size, spec)) for p, spec in zip(params, self.views))
+
+
+def blur_kernel_size(image_size):
+    """About 10% of the side, odd: 23 at 224 px (BYOL), 3 at 32 px (sigma in [0.1, 2])."""
+    return max(3, int(image_size * 0.1) // 2 * 2 + 1)
+
+
+def sample_params(spec, n, height, width, device):
+    """Independent random parameters for n samples, as torchvision's transforms draw them."""
+    rand = lambda *s: torch.rand(*s, device=device)
+    # RandomResizedCrop.get_params: 10 tries of (area, log-uniform ratio), first that fits wins
+    area = height * width * (spec["crop_scale"][0] + (spec["crop_scale"][1] - spec["crop_scale"][0]) * rand(n, 10))
+    lo, hi = math.log(spec["crop_ratio"][0]), math.log(spec["crop_ratio"][1])
+    ratio = torch.exp(lo + (hi - lo) * rand(n, 10))
+    w, h = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.float().argmax(1, keepdim=True)
+    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(1)
+    # fallback: the whole image cropped to the nearest allowed ratio (centre crop)
+    r0 = width / height
+    fw, fh = ((width, round(width / spec["crop_ratio"][0])) if r0 < spec["crop_ratio"][0] else
+              (round(height * spec["crop_ratio"][1]), height) if r0 > spec["crop_ratio"][1] else (width, height))
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    top = torch.where(found, (rand(n) * (height - h + 1)).long(), (height - h) // 2)
+    left = torch.where(found, (rand(n) * (width - w + 1)).long(), (width - w) // 2)
+    b, c, s, hue = spec["jitter"]
+    uniform = lambda a, z: a + (z - a) * rand(n)
+    factors = torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
+                           uniform(max(0, 1 - s), 1 + s), uniform(-hue, hue)], 1)  # (n, 4)
+    return dict(top=top, left=left, height=h, width=w, flip=rand(n) < spec["flip_p"],
+                jitter=rand(n) < spec["jitter_p"], order=rand(n, 4).argsort(1), factors=factors,
+                gray=rand(n) < spec["gray_p"], blur=rand(n) < spec["blur_p"], sigma=uniform(0.1, 2.0),
+                solarize=rand(n) < spec["solarize_p"])
+
+
+def apply_params(x, p, size, spec):
+    """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
+    crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
+    x = resized_crop(x, p["top"], p["left"], p["height"], p["width"], size)
+    # each op runs on the samples it applies to, gathered with index_select (for speed: see above)
+    idx = p["flip"].nonzero()[:, 0]
+    if len(idx):
+        x[idx] = x.index_select(0, idx).flip(-1)
+    if spec["jitter_p"] > 0:
+        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
+            for o, op in enumerate(ops):
+                idx = (p["jitter"] & (p["order"][:, position] == o)).nonzero()[:, 0]
+                if len(idx):
+                    x[idx] = op(x.index_select(0, idx), p["factors"][idx, o])
+    idx = p["gray"].nonzero()[:, 0]
+    if len(idx):
+        x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
+    idx = p["blur"].nonzero()[:, 0]
+    if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
+        x = gaussian_blur(x, p["sigma"], blur_kernel_size(size))
+    elif len(idx):
+        x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size(size))
+    idx = p["solarize"].nonzero()[:, 0]
+    if len(idx):
+        y = x.index_select(0, idx)
+        x[idx] = torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y)
+    return x
+
+
+def resized_crop(x, top, left, height, width, size):
+    """Per-sample crop boxes resized to size x size with bilinear interpolation exactly as
+    torch's upsampling computes it (align_corners=False; source index clamped to the box).
+    Boxes are never larger than the image and the image never larger than `size` in this repository
+    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling."""
+    B, C, H, W = x.shape
+    out = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
+
+    def weights(start, length, n_in):  # (B,) -> interpolation matrix (B, size, n_in), 2 taps per row
+        src = (out[None] * (length.float()[:, None] / size) - 0.5).clamp(min=0)  # (B, size)
+        i0 = src.floor().long()
+        w1 = src - i0
+        i1 = torch.minimum(i0 + 1, length[:, None] - 1)
+        m = torch.zeros(len(start), size, n_in, device=x.device, dtype=x.dtype)
+        m.scatter_add_(2, (start[:, None] + i0)[..., None], (1 - w1)[..., None])
+        return m.scatter_add_(2, (start[:, None] + i1)[..., None], w1[..., None])
+    rows, cols = weights(top, height, H), weights(left, width, W)
+    # rows then columns: (size, H) @ (H, C W), then (size C, W) @ (W, size), per sample
+    y = rows @ x.permute(0, 2, 1, 3).reshape(B, H, C * W)                  # (B, size, C W)
+    y = y.view(B, size * C, W) @ cols.transpose(1, 2)                      # (B, size C, size)
+    return y.view(B, size, C, size).permute(0, 2, 1, 3).contiguous()       # (B, C, size, size)
+
+
+def grayscale(x):  # ITU-R 601-2 luma, as torchvision: (B, 1, H, W)
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _blend(x, y, f):  # torchvision _blend for float images; f (B,)
+    f = f[:, None, None, None]
+    return (f * x + (1 - f) * y).clamp(0, 1)
+
+
+def adjust_brightness(x, f):
+    return _blend(x, 0.0, f)  # torchvision blends with a black image: the same sums, without the image
+
+
+def adjust_contrast(x, f):
+    return _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), f)
+
+
+def adjust_saturation(x, f):
+    return _blend(x, grayscale(x), f)
+
+
+def adjust_hue(x, f):
+    """Rotate hue by f (in turns, |f| <= 0.5): RGB -> HSV, shift, HSV -> RGB, as torchvision."""
+    # masks are 1 - sign(d) of differences d >= 0, y mod m is y - m floor(y / m) (for speed: see above)
+    r, g, b = x.unbind(1)
+    maxc, minc = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    flat = 1 - torch.sign(chroma)  # grey pixels (max == min) divide by 1 instead: s = 0, h = 0
+    s = chroma / (maxc + flat)
+    c = chroma + flat
+    rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
+    is_r = 1 - torch.sign(maxc - r)
+    is_g = (1 - torch.sign(maxc - g)) * (1 - is_r)
+    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + (1 - is_r - is_g) * (4.0 + gc - rc)
+    h = h / 6.0 + 1.0
+    h = h - torch.floor(h) + f[:, None, None]  # hue in [0, 1), shifted
+    h = h - torch.floor(h)
+    # HSV -> RGB in closed form: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
+    # with k = (n + 6h) mod 6; the same values as torchvision's six-sector table, without the table
+    k = torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]
+    k = k - 6 * torch.floor(k / 6)
+    return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
+
+
+def gaussian_blur(x, sigma, k):
+    """Separable Gaussian blur, one sigma per sample, reflect padding, as torchvision's."""
+    B, C, H, W = x.shape
+    t = torch.linspace(-(k - 1) / 2, (k - 1) / 2, k, device=x.device)
+    kernel = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, k)
+    y = F.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------- data
 # Mean/std: CIFAR values of the CorInfoMax thesis appendix B.1.3; other datasets use their own,
 # computed once from the training images.
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
@@ -498,8 +307,6 @@ DEFAULT_SIZE = {"shapes": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "image
 URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         "stl10": "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"}
-SHAPE_NAMES = ("circle", "triangle", "square", "hexagon", "star", "cross", "ring", "semicircle",
-               "ellipse", "L")
 
 
 class Data:
@@ -522,7 +329,8 @@ def load_data(args):
         dist.barrier()
     size = args.image_size = args.image_size or DEFAULT_SIZE[args.dataset]
     if args.dataset == "shapes":
-        train, test = make_shapes(min(10_000, args.train_subset or 10_000), size, seed=0), make_shapes(2_000, size, seed=1)
+        train = make_shapes(min(10_000, args.train_subset or 10_000), size, seed=0)
+        test = make_shapes(2_000, size, seed=1)
         probe = train
     elif args.dataset in ("cifar10", "cifar100", "stl10"):
         train, probe, test = load_torchvision(args.dataset, args.data_dir)
@@ -611,6 +419,12 @@ def channel_stats(x):
     return mean.tolist(), (square - mean ** 2).sqrt().tolist()
 
 
+SHAPE_NAMES = ("circle", "triangle", "square", "hexagon", "star", "cross", "ring", "semicircle",
+               "ellipse", "L")
+PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.95, 0.85, 0.1],
+                        [0.6, 0.2, 0.8], [0.1, 0.8, 0.85], [0.95, 0.95, 0.95], [0.08, 0.08, 0.08]])
+
+
 def make_shapes(n, size=32, seed=0):
     """10 classes of filled shapes (SHAPE_NAMES), class = shape. Each image has a random position,
     scale, rotation, foreground and background colour, striped background texture and pixel noise,
@@ -648,10 +462,6 @@ def make_shapes(n, size=32, seed=0):
     return images, labels
 
 
-PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.95, 0.85, 0.1],
-                        [0.6, 0.2, 0.8], [0.1, 0.8, 0.85], [0.95, 0.95, 0.95], [0.08, 0.08, 0.08]])
-
-
 def shape_mask(k, u, v):
     rho, ang = (u ** 2 + v ** 2).sqrt(), torch.atan2(v, u)
 
@@ -672,273 +482,28 @@ def shape_mask(k, u, v):
 
 
 class Loader:
-    """Shuffled batches (uint8 images, labels) with drop_last, straight from tensors on the device.
-    The dataset is moved to the device once if it fits (else kept in pinned CPU memory). With
-    shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
-    def __init__(self, images, labels, batch_size, device, shuffle=True, drop_last=True, shard=True):
+    """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
+    the device. The dataset is moved to the device once if it fits (else kept in pinned CPU memory).
+    With shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
+    def __init__(self, images, labels, batch_size, device, shard=True):
         if batch_size > len(images):
             fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); "
                  f"use --batch-size {len(images)} or less")
-        self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
-        self.shard = shard and WORLD_SIZE > 1
+        self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
         on_device = device.type != "cuda" or images.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]
         self.images = images.to(device) if on_device else images.pin_memory()
         self.labels = labels.to(self.images.device)
 
     def __len__(self):
-        n = len(self.images) / self.batch_size
-        return int(n) if self.drop_last else math.ceil(n)
+        return len(self.images) // self.batch_size
 
     def __iter__(self):
-        n = len(self.images)
-        order = torch.randperm(n, device=self.images.device) if self.shuffle else torch.arange(n, device=self.images.device)
+        order = torch.randperm(len(self.images), device=self.images.device)
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]   # the same on every process
             idx = shard(idx) if self.shard else idx
             yield (self.images[idx].to(self.device, non_blocking=True),
                    self.labels[idx].to(self.device, non_blocking=True))
-
-
-# -------------------------------------------------------------------------------- augmentation
-def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
-         blur_p=0.0, solarize_p=0.0):
-    """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
-    return dict(crop_scale=crop_scale, crop_ratio=(3 / 4, 4 / 3), flip_p=flip_p, jitter=jitter,
-                jitter_p=jitter_p, gray_p=gray_p, blur_p=blur_p, solarize_p=solarize_p)
-
-
-def strength(scale, flip, s):  # paper 004 Table 2: jitter brightness/contrast/saturation 0.8s, hue 0.2s
-    return view(crop_scale=(scale, 1.0), flip_p=0.5 if flip else 0.0, jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
-                jitter_p=0.8, gray_p=0.2)
-
-
-_BYOL = dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2)
-POLICIES = {  # each is (view 1, view 2)
-    # BYOL / CorInfoMax thesis Table B.1 (solo-learn imagenet-100/augmentations/asymmetric.yaml;
-    # solo-learn's CIFAR file drops the blur: we keep the thesis, which used it on CIFAR too)
-    "asymmetric": (view(**_BYOL, blur_p=1.0), view(**_BYOL, blur_p=0.1, solarize_p=0.2)),
-    # SimCLR (solo-learn cifar/augmentations/symmetric.yaml): s = 1 jitter, blur 0.5
-    "symmetric": (view(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=0.5),) * 2,
-    # VICReg (solo-learn cifar/vicreg.yaml, its own augmentation block): both views crop 0.2-1,
-    # BYOL jitter, gray 0.2, no blur, solarize 0.1
-    "vicreg": (view(**_BYOL, crop_scale=(0.2, 1.0), solarize_p=0.1),) * 2,
-    # ReSSL (solo-learn cifar/augmentations/ressl.yaml), weak view first
-    "ressl": (view(), view(**_BYOL, blur_p=0.5)),
-    "small": (strength(0.9, False, 0.05),) * 2,
-    "moderate": (strength(0.5, True, 0.25),) * 2,
-    "large": (strength(0.08, True, 0.5),) * 2,
-    "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
-}
-SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 128"
-
-
-def blur_kernel_size(image_size):
-    """About 10% of the side, odd: 23 at 224 px (BYOL), 3 at 32 px (sigma in [0.1, 2])."""
-    return max(3, int(image_size * 0.1) // 2 * 2 + 1)
-
-
-def sample_params(spec, n, height, width, device):
-    """Independent random parameters for n samples, as torchvision's transforms draw them."""
-    rand = lambda *s: torch.rand(*s, device=device)
-    # RandomResizedCrop.get_params: 10 tries of (area, log-uniform ratio), first that fits wins
-    area = height * width * (spec["crop_scale"][0] + (spec["crop_scale"][1] - spec["crop_scale"][0]) * rand(n, 10))
-    lo, hi = math.log(spec["crop_ratio"][0]), math.log(spec["crop_ratio"][1])
-    ratio = torch.exp(lo + (hi - lo) * rand(n, 10))
-    w, h = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.float().argmax(1, keepdim=True)
-    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(1)
-    # fallback: the whole image cropped to the nearest allowed ratio (centre crop)
-    r0 = width / height
-    fw, fh = ((width, round(width / spec["crop_ratio"][0])) if r0 < spec["crop_ratio"][0] else
-              (round(height * spec["crop_ratio"][1]), height) if r0 > spec["crop_ratio"][1] else (width, height))
-    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
-    top = torch.where(found, (rand(n) * (height - h + 1)).long(), (height - h) // 2)
-    left = torch.where(found, (rand(n) * (width - w + 1)).long(), (width - w) // 2)
-    b, c, s, hue = spec["jitter"]
-    uniform = lambda a, z: a + (z - a) * rand(n)
-    factors = torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
-                           uniform(max(0, 1 - s), 1 + s), uniform(-hue, hue)], 1)  # (n, 4)
-    return dict(top=top, left=left, height=h, width=w, flip=rand(n) < spec["flip_p"],
-                jitter=rand(n) < spec["jitter_p"], order=rand(n, 4).argsort(1), factors=factors,
-                gray=rand(n) < spec["gray_p"], blur=rand(n) < spec["blur_p"], sigma=uniform(0.1, 2.0),
-                solarize=rand(n) < spec["solarize_p"])
-
-
-def apply_params(x, p, size, spec):
-    """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
-    crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
-    x = resized_crop(x, p["top"], p["left"], p["height"], p["width"], size)
-    # Each op runs on its samples only, gathered by index_select (x[idx] and torch.where with a per-sample
-    # mask, which would also compute the op for every sample, are several times slower on the CPU).
-    idx = p["flip"].nonzero()[:, 0]
-    if len(idx):
-        x[idx] = x.index_select(0, idx).flip(-1)
-    if spec["jitter_p"] > 0:
-        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-        for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
-            for o, op in enumerate(ops):
-                idx = (p["jitter"] & (p["order"][:, position] == o)).nonzero()[:, 0]
-                if len(idx):
-                    x[idx] = op(x.index_select(0, idx), p["factors"][idx, o])
-    idx = p["gray"].nonzero()[:, 0]
-    if len(idx):
-        x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
-    idx = p["blur"].nonzero()[:, 0]
-    if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
-        x = gaussian_blur(x, p["sigma"], blur_kernel_size(size))
-    elif len(idx):
-        x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size(size))
-    idx = p["solarize"].nonzero()[:, 0]
-    if len(idx):
-        y = x.index_select(0, idx)
-        x[idx] = torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y)
-    return x
-
-
-class Augment:
-    """Batched, on-device two-view augmentation: Augment(policy, data)(uint8 batch) -> normalised views.
-    With shard=True under torchrun, x is this process's slice of the global batch: parameters are drawn
-    for the whole global batch (as one process would) and this process keeps its slice."""
-    def __init__(self, policy, data, size, shard=True):
-        self.views, self.data, self.size, self.world = POLICIES[policy], data, size, WORLD_SIZE if shard else 1
-
-    def __call__(self, x):
-        x, n = x.float() / 255, len(x) * self.world
-        params = [sample_params(spec, n, x.shape[2], x.shape[3], x.device) for spec in self.views]
-        if self.world > 1:
-            params = [{k: shard(v) for k, v in p.items()} for p in params]
-        # apply_params starts with the crop, which writes a new tensor: x itself is never modified
-        return tuple(self.data.normalize(apply_params(x, p, self.size, spec)) for p, spec in zip(params, self.views))
-
-
-def resized_crop(x, top, left, height, width, size):
-    """Per-sample crop boxes resized to size x size with bilinear interpolation exactly as
-    torch's upsampling computes it (align_corners=False; source index clamped to the box).
-    Boxes are never larger than the image and the image never larger than `size` in this repository
-    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling."""
-    B, C, H, W = x.shape
-    out = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
-
-    def weights(start, length, n_in):  # (B,) -> interpolation matrix (B, size, n_in), 2 taps per row
-        src = (out[None] * (length.float()[:, None] / size) - 0.5).clamp(min=0)  # (B, size)
-        i0 = src.floor().long()
-        w1 = src - i0
-        i1 = torch.minimum(i0 + 1, length[:, None] - 1)
-        m = torch.zeros(len(start), size, n_in, device=x.device, dtype=x.dtype)
-        m.scatter_add_(2, (start[:, None] + i0)[..., None], (1 - w1)[..., None])
-        return m.scatter_add_(2, (start[:, None] + i1)[..., None], w1[..., None])
-    rows, cols = weights(top, height, H), weights(left, width, W)
-    # two batched matmuls per sample, (size, H) @ (H, C W) then (size C, W) @ (W, size): much faster than
-    # gathers, and than broadcasting the matrices over the channels (C times as many small products)
-    y = rows @ x.permute(0, 2, 1, 3).reshape(B, H, C * W)                  # (B, size, C W)
-    y = y.view(B, size * C, W) @ cols.transpose(1, 2)                      # (B, size C, size)
-    return y.view(B, size, C, size).permute(0, 2, 1, 3).contiguous()       # (B, C, size, size)
-
-
-def grayscale(x):  # ITU-R 601-2 luma, as torchvision: (B, 1, H, W)
-    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
-
-def _blend(x, y, f):  # torchvision _blend for float images; f (B,)
-    f = f[:, None, None, None]
-    return (f * x + (1 - f) * y).clamp(0, 1)
-
-
-def adjust_brightness(x, f):
-    return _blend(x, 0.0, f)  # torchvision blends with a black image: the same sums, without the image
-
-
-def adjust_contrast(x, f):
-    return _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), f)
-
-
-def adjust_saturation(x, f):
-    return _blend(x, grayscale(x), f)
-
-
-def adjust_hue(x, f):
-    """Rotate hue by f (in turns, |f| <= 0.5): RGB -> HSV, shift, HSV -> RGB, as torchvision."""
-    # Arithmetic only (comparisons, where, fmod, remainder are several times slower on the CPU): masks are
-    # 1 - sign(d) of differences d >= 0, y mod m is y - m floor(y / m); the same values as torchvision's.
-    r, g, b = x.unbind(1)
-    maxc, minc = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)
-    chroma = maxc - minc
-    flat = 1 - torch.sign(chroma)  # grey pixels (max == min) divide by 1 instead: s = 0, h = 0
-    s = chroma / (maxc + flat)
-    c = chroma + flat
-    rc, gc, bc = (maxc - r) / c, (maxc - g) / c, (maxc - b) / c
-    is_r = 1 - torch.sign(maxc - r)
-    is_g = (1 - torch.sign(maxc - g)) * (1 - is_r)
-    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + (1 - is_r - is_g) * (4.0 + gc - rc)
-    h = h / 6.0 + 1.0
-    h = h - torch.floor(h) + f[:, None, None]  # hue in [0, 1), shifted
-    h = h - torch.floor(h)
-    # HSV -> RGB in closed form: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
-    # with k = (n + 6h) mod 6; the same values as torchvision's six-sector table, without the table
-    k = torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]
-    k = k - 6 * torch.floor(k / 6)
-    return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
-
-
-def gaussian_blur(x, sigma, k):
-    """Separable Gaussian blur, one sigma per sample, reflect padding, as torchvision's."""
-    B, C, H, W = x.shape
-    t = torch.linspace(-(k - 1) / 2, (k - 1) / 2, k, device=x.device)
-    kernel = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, k)
-    y = F.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")
-    y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)
-    y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)
-    return y.reshape(B, C, H, W)
-
-
-# ------------------------------------------------------------------------------- model parts
-class ResNet(torchvision.models.ResNet):
-    """torchvision's ResNet with a width multiplier (stage widths w, 2w, 4w, 8w) and a CIFAR stem
-    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features."""
-    def __init__(self, block, layers, width=64, cifar_stem=True):
-        nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
-        self._norm_layer, self.dilation, self.groups, self.base_width, self.inplanes = nn.BatchNorm2d, 1, 1, 64, width
-        if cifar_stem:
-            self.conv1, self.maxpool = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.Identity()
-        else:
-            self.conv1, self.maxpool = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
-        self.bn1, self.relu = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
-        for i, blocks in enumerate(layers):  # layer1..layer4: widths w, 2w, 4w, 8w
-            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2))
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Identity()
-        self.out_dim = 8 * width * block.expansion
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-
-def backbone(arch, width=64, image_size=32):
-    """ResNet-18 (512-d at width 64) or ResNet-50 (2048-d); ImageNet stem from 64 px up."""
-    block, layers = {"resnet18": (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
-                     "resnet50": (torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])}[arch]
-    return ResNet(block, layers, width, cifar_stem=image_size < 64)
-
-
-class L2Normalize(nn.Module):
-    def forward(self, x):
-        return F.normalize(x, dim=1)
-
-
-def projector(dims, batchnorm=True, last_bias=True, normalize=False):
-    """MLP dims[0] -> ... -> dims[-1]: Linear (+ BatchNorm) + ReLU between layers. Hidden linears
-    have no bias when followed by BatchNorm (it would be cancelled)."""
-    layers = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        last = i == len(dims) - 2
-        layers.append(nn.Linear(a, b, bias=last_bias if last else not batchnorm))
-        if not last:
-            layers += [nn.BatchNorm1d(b)] if batchnorm else []
-            layers.append(nn.ReLU(inplace=True))
-    if normalize:
-        layers.append(L2Normalize())
-    return nn.Sequential(*layers)
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -1006,13 +571,6 @@ def evaluate(backbone, probe, data, device):
         with torch.no_grad():
             out["probe_acc"] = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
     return out
-
-
-def track(model, data, device, n=1000):
-    """Analysis measures of metrics.py (imported here, lazily: SPEC rule 2) on the first n test images,
-    the same ones every time so that epochs compare. For --track-every."""
-    import metrics
-    return metrics.track(model.backbone, model.projector, data.test_x[:n], data, device)
 
 
 def linear_eval(backbone, data, epochs, device, batch_size=256):
@@ -1093,3 +651,473 @@ def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+# ------------------------------------------------------------------------ training-loop helpers
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_epoch(seed, epoch):
+    # Every epoch reseeds from (seed, epoch): the shuffle and augmentations of epoch e are the same
+    # whether the run was interrupted before it or not, so --resume needs no RNG state.
+    seed_everything(seed * 100_003 + epoch)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (losses are then computed in float32 by the method); none elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model, args, device):
+    sync_batchnorm(model.to(device))
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.backbone.compile()  # in place: state_dict keys stay the same
+    return model
+
+
+class Meter:
+    """Sums named scalar tensors without a host sync per step; .means() syncs once."""
+    def __init__(self):
+        self.sums, self.count = {}, 0
+
+    def add(self, **terms):
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.count += 1
+
+    def means(self):
+        return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
+
+
+# =================================================================================================
+# Plumbing below this line: running on several processes, the command line and recipes, and the run
+# folder. A reader of a method file can stop here.
+# =================================================================================================
+
+
+# ------------------------------------------------------------------------- several processes
+# torchrun (--nproc_per_node=N, --nnodes=M) starts one process per GPU and sets RANK, WORLD_SIZE and
+# LOCAL_RANK. --batch-size is the global batch: each process takes its slice of every global batch,
+# so a recipe's lr means the same on 1 or 8 GPUs and nothing is rescaled. Every process draws the
+# same random numbers (same seed): the shuffle, the augmentation parameters of the whole global batch
+# (each process keeps its slice) and the masks, so N processes train like one with the global batch.
+
+
+def get_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind = name.split(":")[0]
+    if not {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(kind, lambda: True)():
+        fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def setup_device(args):
+    """The training device of this process (--device; auto: CUDA, then MPS, then CPU). Under torchrun
+    also joins the process group (NCCL on CUDA, gloo on CPU) and makes every process agree on the run
+    folder name. Records world_size in args (so in args.json)."""
+    args.world_size = WORLD_SIZE
+    device = get_device(args.device)
+    if WORLD_SIZE == 1:
+        return device
+    if device.type not in ("cuda", "cpu"):
+        fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
+    if args.batch_size % WORLD_SIZE:
+        fail(f"--batch-size {args.batch_size} is the global batch and must be a multiple of the "
+             f"{WORLD_SIZE} processes (each takes an equal slice)")
+    if device.type == "cuda":
+        device = torch.device("cuda", LOCAL_RANK)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
+        # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
+        # called without an active exception"; pytorch PR 179291), failing a run that had finished.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    default_hook = sys.excepthook
+
+    def lost_peer(kind, e, tb):  # a process that failed closes its connections: the others say so in one line
+        if issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(kind, getattr(dist, "DistError", ()))):
+            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
+                  file=sys.stderr)
+        else:
+            default_hook(kind, e, tb)
+    sys.excepthook = lost_peer
+    name = [args.name]  # the default name holds the time, which may differ by a second between processes
+    dist.broadcast_object_list(name, src=0)
+    args.name = name[0]
+    return device
+
+
+def shard(x):
+    """This process's slice of a tensor that every process holds whole (dim 0)."""
+    n = len(x) // WORLD_SIZE
+    return x[RANK * n:(RANK + 1) * n]
+
+
+class _Gather(torch.autograd.Function):
+    """all_gather with a backward. Every process computes the same loss L from the gathered global
+    batch; backward sums the gradients of the W copies of L (all_reduce) and keeps this process's
+    rows: W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each
+    sample's gradient counts exactly once. Keeping only the local gradient without the sum (the bug
+    of lightly GitHub issue #1528) would lose the part that flows through other processes' losses."""
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(WORLD_SIZE)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return shard(grad)
+
+
+def gather(x):
+    """The global batch: concatenation along dim 0 of every process's x, in rank order (so rows are
+    in the order of one process with the global batch); with gradient. The identity on one process.
+    Each main() gathers what its loss needs as the global batch (SimCLR negatives, covariances, ...),
+    so the loss functions themselves are plain tensor functions."""
+    if WORLD_SIZE == 1 or not dist.is_initialized():
+        return x
+    return _Gather.apply(x)  # without a gradient (labels, detached features) only forward runs
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for gloo/CPU (torch's SyncBatchNorm runs on CUDA only): sums
+    over processes through gather (so with gradient), mean then squared deviations (two passes, as
+    accurate as BatchNorm). Same parameters and buffers as BatchNorm1d/2d: checkpoints load either way."""
+    def _check_input_dim(self, x):
+        pass
+
+    def forward(self, x):
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        total = lambda t: gather(t[None]).sum(0)                   # sum over processes, with gradient
+        n = x.numel() // x.shape[1] * WORLD_SIZE                   # every process holds an equal slice
+        mean = total(x.sum(dims)) / n                              # (C,)
+        var = total(((x - mean.view(shape)) ** 2).sum(dims)) / n  # (C,) biased, used to normalise
+        with torch.no_grad():  # running statistics as nn.BatchNorm: unbiased variance
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        x = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return x * self.weight.view(shape) + self.bias.view(shape) if self.affine else x
+
+
+def sync_batchnorm(model):
+    """BatchNorm layers normalise over the global batch under torchrun (SimCLR, VICReg and Barlow
+    Twins' official code all do): torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm on CPU."""
+    if WORLD_SIZE == 1:
+        return model
+    if next(model.parameters()).is_cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, bn in list(parent.named_children()):
+            if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                new = CPUSyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine).to(bn.running_mean.device)
+                new.load_state_dict(bn.state_dict())
+                setattr(parent, name, new)
+    return model
+
+
+def ddp(model):
+    """What the training step calls: DistributedDataParallel under torchrun (it averages gradients
+    over processes during backward, overlapping the communication), else the model itself."""
+    if WORLD_SIZE == 1:
+        return model
+    device_ids = [LOCAL_RANK] if next(model.parameters()).is_cuda else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+# ---------------------------------------------------------------------- command line and recipes
+DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "imagefolder")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line that names the flag and what is allowed, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def checked(kind, ok, allowed):
+    """An argparse type: parse with `kind`, then refuse non-finite values and values where ok(value)
+    is false, naming what is allowed. Method files declare each flag's range with it, in one place."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+    return parse
+
+
+def positive(kind):
+    return checked(kind, lambda v: v > 0, "positive")
+
+
+def nonnegative(kind):
+    return checked(kind, lambda v: v >= 0, "0 or more")
+
+
+def in_range(kind, low, high):  # closed interval
+    return checked(kind, lambda v: low <= v <= high, f"in [{low}, {high}]")
+
+
+def get_parser(method, doc, recipes):
+    """The shared parser, its flags in groups (data, model, optimisation, evaluation, run); a method file
+    adds its own group. `recipes` is the method file's table: recipes["all"] holds the method's values
+    for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first: the
+    defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
+    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], epilog=(
+        f"Defaults depend on --dataset: each dataset has a recipe, the RECIPES table near the top of "
+        f"{method}.py (the values shown above are before any recipe). The program prints the recipe "
+        f"it uses and the flags that override it; args.json keeps the final values."))
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="shapes", choices=DATASETS)
+    data.add_argument("--recipe", choices=DATASETS, help="use another dataset's recipe, e.g. --recipe shapes "
+                      "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
+    data.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
+    data.add_argument("--image-size", type=in_range(int, 8, 4096),
+                      help="pixels (default: 32, stl10 96, imagefolder 224)")
+    data.add_argument("--train-subset", type=positive(int), help="use only N train images (quick runs on a laptop)")
+    data.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"])
+    model = p.add_argument_group("model")
+    model.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
+    model.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
+    model.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    optimisation = p.add_argument_group("optimisation")
+    optimisation.add_argument("--epochs", type=positive(int), default=100)
+    optimisation.add_argument("--batch-size", default=256,
+                              type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
+    optimisation.add_argument("--lr", type=positive(float), default=0.3)
+    optimisation.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
+    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
+    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10)
+    optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4)
+    optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
+    optimisation.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
+                              help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio "
+                                   "(solo-learn clip_lr)")
+    evaluation = p.add_argument_group("evaluation")
+    evaluation.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
+    evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
+                            help="offline linear evaluation epochs (0: skip)")
+    evaluation.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
+                            "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
+    run.add_argument("--seed", type=nonnegative(int), default=0)
+    run.add_argument("--out", default="runs")
+    run.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
+    run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
+    run.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
+    p.set_defaults(method=method)
+    p.recipes = recipes
+    return p
+
+
+def given_flags(parser, argv, args):
+    """Names of the arguments given on the command line. Parses again over a namespace of
+    placeholders: argparse fills in defaults only where nothing is set, so whatever is not a
+    placeholder afterwards was given."""
+    unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
+    return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
+
+
+def parse_args(parser, argv=None):
+    parser.set_defaults(**parser.recipes.get("all", {}))  # here, after the method file added its flags:
+    args = parser.parse_args(argv)                          # a flag's own default would win otherwise
+    if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
+        parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
+    given = given_flags(parser, argv, args)
+    flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
+    if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
+        given -= {"resume", "stop_after", "device"}
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+        try:
+            saved = json.load(open(os.path.join(run_dir, "args.json")))
+        except (OSError, ValueError) as e:
+            fail(f"--resume {args.resume}: cannot read {run_dir}/args.json ({e.__class__.__name__})")
+        if saved.get("method") != args.method:
+            fail(f"--resume {args.resume}: that is a {saved.get('method')} run; "
+                 f"resume it with {saved.get('method')}.py")
+        for k in sorted(given):
+            if k in saved and saved[k] != getattr(args, k):
+                fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run "
+                     f"({saved[k]}); resume uses the saved arguments, so drop the flag")
+        vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
+        args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
+    else:  # the dataset's recipe fills in whatever was not given on the command line
+        args.recipe = args.recipe or args.dataset
+        recipe = parser.recipes.get(args.recipe, {})
+        vars(args).update({k: v for k, v in recipe.items() if k not in given})
+        flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
+                         if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
+        print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
+              + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
+    if args.name is None:
+        args.name = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return args
+
+
+# ----------------------------------------------------------------------------------- run folder
+def atomic_write(path, data):
+    """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
+    a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
+    short write (full disk) never replaces a good file. A failed write ends in one line on stderr."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        if isinstance(data, str):
+            with open(tmp, "w") as f:
+                f.write(data)
+        else:
+            torch.save(data, tmp)
+            torch.load(tmp, map_location="cpu", weights_only=True)  # reads back, or raises
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C included: never leave the temp file behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError, EOFError, pickle.UnpicklingError)):
+            fail(f"could not write {path} ({e.__class__.__name__}: {str(e)[:80]}); the previous file is "
+                 "untouched (full disk? unwritable folder?)")
+        raise
+
+
+class Run:
+    """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
+    Each method's main() calls, in this order: Run(...) (checks the folder, reads last.pt on --resume),
+    start (writes args.json, restores or records the random-initialisation baseline), then per epoch
+    check_finite, log, save (and stopped for --stop-after), and finish at the end."""
+
+    def __init__(self, args, script, device):
+        self.args, self.script, self.device = args, script, device
+        self.dir = os.path.join(args.out, args.name)
+        self.ckpt_path = os.path.join(self.dir, "last.pt")
+        self.checkpoint = None
+        if args.resume:
+            if not os.path.exists(self.ckpt_path):
+                fail(f"--resume {args.resume}: no last.pt in {self.dir}")
+            try:
+                self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+                assert {"epoch", "args", "state"} <= set(self.checkpoint)
+            except Exception as e:
+                fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
+                     f"({e.__class__.__name__}); the file is left untouched")
+            if self.checkpoint["epoch"] >= args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
+                print0(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
+                       f"To train longer, start a new run with a larger --epochs.")
+                raise SystemExit(0)
+        elif os.path.exists(self.ckpt_path):
+            fail(f"--name: {self.dir} already holds a run (last.pt); continue it with --resume {self.dir}, "
+                 "or choose another --name or --out")
+        try:  # fail now, in one line, rather than after loading data and training an epoch
+            os.makedirs(args.out, exist_ok=True)
+            probe_file = os.path.join(args.out, f".write-test{os.getpid()}")
+            open(probe_file, "w").close()
+            os.remove(probe_file)
+        except OSError as e:
+            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
+        if os.path.isdir(self.dir) and RANK == 0:  # temp files of a run killed mid-write
+            for f in os.listdir(self.dir):
+                if ".tmp" in f:
+                    os.remove(os.path.join(self.dir, f))
+        if WORLD_SIZE > 1:
+            print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
+                   f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
+        self.seconds, self.last_eval = 0.0, {}
+
+    def start(self, data, backbone, state):
+        """Write args.json and the code. On --resume restore every object of `state` (name -> object
+        with state_dict / load_state_dict, as saved by save()) and return the epoch to continue after;
+        else record the kNN accuracy of the randomly initialised backbone as epoch 0 (the baseline that
+        training has to beat) and return 0."""
+        signal.signal(signal.SIGINT, self.interrupted)
+        log = os.path.join(self.dir, "log.jsonl")
+        if RANK == 0:  # under torchrun only the first process writes; the others compute the same things
+            os.makedirs(self.dir, exist_ok=True)
+            atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
+            for f in (self.script, __file__):
+                shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
+        if self.checkpoint is None:
+            self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
+            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
+            if RANK == 0:
+                atomic_write(log, json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
+            return 0
+        for k, obj in state.items():
+            obj.load_state_dict(self.checkpoint["state"][k])
+        done = self.checkpoint["epoch"]
+        lines = [json.loads(l) for l in open(log) if l.endswith("\n")] if os.path.exists(log) else []
+        lines = [l for l in lines if l["epoch"] <= done]  # drop epochs logged after the checkpoint
+        self.seconds = sum(l.get("seconds", 0) for l in lines)
+        self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
+        self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
+        if RANK == 0:
+            atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
+        print0(f"resuming {self.dir} after epoch {done}")
+        return done
+
+    def interrupted(self, *_):  # Ctrl-C: last.pt holds the last completed epoch (atomic writes)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if RANK > 0:  # torchrun: Ctrl-C reaches every process; one message is enough
+            raise SystemExit(1)
+        saved = (f"{self.ckpt_path} holds the last completed epoch; continue with --resume {self.dir}"
+                 if os.path.exists(self.ckpt_path) else "no epoch was completed, nothing to resume")
+        fail(f"interrupted (Ctrl-C); {saved}")
+
+    def progress(self, loader, epoch):
+        return tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False, dynamic_ncols=True,
+                    mininterval=1.0, disable=None if RANK == 0 else True)
+
+    def check_finite(self, row):
+        """Stop in one line if a logged loss term of the epoch is NaN or infinite, before anything
+        of the epoch is logged or saved."""
+        for k, v in row.items():
+            if not math.isfinite(v):
+                fail(f"{k} is {v} in epoch {row['epoch']}; stopped before saving, so {self.ckpt_path} still "
+                     f"holds the last good epoch; try a lower --lr (now {self.args.lr})")
+
+    def log(self, row):
+        """Append the epoch's row to log.jsonl and print it (without world_size and global_batch)."""
+        if "knn_acc" in row:
+            self.last_eval = {k: row[k] for k in ("knn_acc", "probe_acc") if k in row}
+        self.seconds += row["seconds"]
+        if RANK == 0:  # the log first: a resume trims it back to what last.pt holds
+            with open(os.path.join(self.dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+        print0(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                        if k not in ("world_size", "global_batch")))
+
+    def save(self, epoch, state):
+        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically."""
+        if RANK == 0:
+            atomic_write(self.ckpt_path, {"epoch": epoch, "args": vars(self.args),
+                                          "state": {k: obj.state_dict() for k, obj in state.items()}})
+
+    def stopped(self, epoch):
+        print0(f"stopped after epoch {epoch} (--stop-after); continue with --resume {self.dir}")
+
+    def finish(self, backbone, data, extra=None):
+        """Final results (and the offline linear evaluation when asked) into results.json; `extra`
+        holds a method's own final measurements."""
+        results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
+                   "init_knn_acc": self.init_knn, "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
+        if self.args.linear_epochs > 0:
+            seed_everything(self.args.seed)  # same result whether or not the run was resumed
+            results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
+        results.update(extra or {})
+        if RANK == 0:
+            atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
+        print0(f"results: {json.dumps({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
+        return results

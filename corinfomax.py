@@ -1,5 +1,5 @@
 """CorInfoMax: Self-Supervised Learning with an Information Maximization Criterion (Ozsoy et al. 2022,
-arXiv 2209.07999; paper 002, the thesis version: chapters 3-4, appendices A-C).
+arXiv 2209.07999; its thesis version, Ozsoy 2022, Koc University: chapters 3-4, appendices A-C).
 
 Two augmented views of each image go through the backbone and projector; the loss maximises the
 log-determinant entropy of each view's projections (the "big-bang" factor, which spreads them over all
@@ -29,11 +29,8 @@ Run:        python corinfomax.py                       (shapes, the CPU recipe: 
                 --image-size 64 --epochs 800 --lr 0.5 --min-lr 1e-6 --la-R 0.1 --la-mu 0.1   (B.2.3)
             torchrun --standalone --nproc_per_node=4 corinfomax.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   thesis Table 5.1 (offline linear, 1000 epochs): CIFAR-10 93.18%, CIFAR-100 71.61%;
-            Tiny-ImageNet 54.86%, ImageNet-100 (ResNet-18) 80.48%. Measured here (CPU shapes recipe, kNN
-            accuracy, seeds 0-2, benchmarks/recipes.py): shapes 0.208/0.202/0.224 at random initialisation
-            -> 0.329/0.326/0.322 (margins 9.8-12.4 points); digits 0.791/0.721/0.758 -> 0.955/0.950/0.944.
-            Training LDMI 18.6 -> 41.3 nats over the 10 epochs (seed 0, moderate policy); smallest
-            eigenvalue of R1 9.5e-4 (mean 0.026, moderate policy). No GPU run yet.
+            Tiny-ImageNet 54.86%, ImageNet-100 (ResNet-18) 80.48%. This repository's CPU recipe: see
+            README Results.
 Deviations:
 - The learning-rate schedule is stepped every iteration (warmup then cosine); the official
   LinearWarmupCosineAnnealingLR is stepped once per epoch.
@@ -74,12 +71,7 @@ RECIPES = {
         la_R=0.01, la_mu=0.01,      # thesis 5.2.5 / B.2, official --la_R 0.01 --la_mu 0.01
         eps=1e-8,             # thesis 5.2.5, official --R_eps_weight 1e-8
     ),
-    # the CPU recipe (about a minute on 2 cores): data and network as simclr.py's. Measured here (seed 0,
-    # kNN after 10 epochs, random init 0.208): moderate policy lr 2e-3 0.279, lr 5e-3 0.307; asymmetric
-    # 0.229 (too strong at 16 px); alpha 50 / 250 / 1000: 0.278 / 0.279 / 0.265 (moderate, lr 2e-3);
-    # policy small (lr 5e-3) 0.329, and on seeds 0-2 gains of 12.1 / 12.4 / 9.8 points on shapes and
-    # 16.4 / 22.8 / 18.7 on digits (moderate: 9.9 / 7.3 / 6.6 and 1.4 / 15.9 / 5.8). la 0.01 and the
-    # 3-layer projector as the thesis.
+    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, warmup_lr=0.0, min_lr=0.0,
                    policy="small", projector="256-256-32", alpha=250.0, la_R=0.01, la_mu=0.01),
@@ -105,13 +97,14 @@ def projector_dims(text):
 
 def get_args(argv=None):
     parser = common.get_parser("corinfomax", __doc__, RECIPES)
+    flags = parser.add_argument_group("CorInfoMax (this file's flags)")
     forgetting = common.checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
-    parser.add_argument("--alpha", type=common.positive(float), help="attraction coefficient (thesis 5.2.5)")
-    parser.add_argument("--projector", type=projector_dims,
-                        help="projector sizes after the backbone, Linear-ReLU between, last without bias")
-    parser.add_argument("--la-R", type=forgetting, help="forgetting factor of the covariances (eq. 4.3)")
-    parser.add_argument("--la-mu", type=forgetting, help="forgetting factor of the means (eq. 4.5)")
-    parser.add_argument("--eps", type=common.nonnegative(float), help="diagonal perturbation inside the log-dets")
+    flags.add_argument("--alpha", type=common.positive(float), help="attraction coefficient (thesis 5.2.5)")
+    flags.add_argument("--projector", type=projector_dims,
+                       help="projector sizes after the backbone, Linear-ReLU between, last without bias")
+    flags.add_argument("--la-R", type=forgetting, help="forgetting factor of the covariances (eq. 4.3)")
+    flags.add_argument("--la-mu", type=forgetting, help="forgetting factor of the means (eq. 4.5)")
+    flags.add_argument("--eps", type=common.nonnegative(float), help="diagonal perturbation inside the log-dets")
     return common.parse_args(parser, argv)
 
 
@@ -170,6 +163,7 @@ class Model(nn.Module):
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
         dims = [self.backbone.out_dim] + [int(d) for d in args.projector.split("-")]
         self.projector = common.projector(dims, batchnorm=False, last_bias=False, normalize=True)
+        self.dim = dims[-1]             # D, the size of the projections (and of the covariances R1, R2)
 
     def forward(self, x):
         h = self.backbone(x)            # (N, F) representation used downstream
@@ -179,18 +173,19 @@ class Model(nn.Module):
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
     args = get_args(argv)
-    run = common.Run(args, __file__)
-    device = run.device
+    device = common.setup_device(args)        # cuda, mps or cpu; under torchrun also joins the process group
+    run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
     augment = common.Augment(args.policy, data, args.image_size)
     model = common.prepare_model(Model(args), args, device)
-    criterion = CorInfoMaxLoss(int(args.projector.split("-")[-1]), args.alpha, args.la_R, args.la_mu, args.eps).to(device)
+    criterion = CorInfoMaxLoss(model.dim, args.alpha, args.la_R, args.la_mu, args.eps).to(device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
-    start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe, loss=criterion)
+    state = dict(model=model, optimizer=optimizer, probe=probe, loss=criterion)  # what last.pt holds
+    start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
     for epoch in range(start, args.epochs):
@@ -206,7 +201,7 @@ def main(argv=None):
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
                 h1, z1 = net(x1)
-                h2, z2 = net(x2)
+                _, z2 = net(x2)
             # covariances of the global batch: every process updates the same state from the gathered z
             loss, terms = criterion(common.gather(z1.float()), common.gather(z2.float()))
             optimizer.zero_grad(set_to_none=True)
@@ -216,13 +211,25 @@ def main(argv=None):
             meter.add(loss=loss, **terms, ldmi=criterion.ldmi(), probe_loss=probe_loss)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
-        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            return  # --stop-after
+        row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
+               "images_per_sec": len(loader) * args.batch_size / seconds,
+               "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
+        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            row.update(common.evaluate(model.backbone, probe, data, device))
+        if args.track_every and (epoch + 1) % args.track_every == 0:
+            import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+        run.log(row)                 # log.jsonl, and one printed line
+        run.save(epoch + 1, state)   # last.pt, atomically
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            return run.stopped(epoch + 1)
     # Figure 5.3: the spectrum of the projector covariance R1, largest first
     eigenvalues = torch.linalg.eigvalsh(criterion.R1).flip(0).tolist()
     run.finish(model.backbone, data, extra={"eigenvalues_R1": eigenvalues})
-    print(f"smallest eigenvalue of R1: {eigenvalues[-1]:.3g}")
+    common.print0(f"smallest eigenvalue of R1: {eigenvalues[-1]:.3g}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Analysis measures of self-supervised representations: redundancy, spectra, information, geometry.
 
 Pure tensor functions. Features are (n, d) matrices (n samples, d features) unless a docstring says
-otherwise; each docstring gives the formula and where it comes from (papers/ next to SPEC.md):
-    000 Beyond Pairwise Correlations (SSLPM)      001 Preventing Collapses in Non-Contrastive SSL
-    002 CorInfoMax thesis                         003 AdaDim
-    004 Toward a Geometrical Understanding of Self-supervised Contrastive Learning
+otherwise; each docstring gives the formula and where it comes from, citing the papers by these names:
+    SSLPM paper       "Beyond Pairwise Correlations: Higher-Order Redundancies in SSL Representation Learning"
+    Collapses paper   "Preventing Collapses in Non-Contrastive Self-Supervised Learning" (Echchahed & El Massaudi)
+    CorInfoMax thesis "Self-Supervised Learning with an Information Maximization Criterion" (Ozsoy 2022;
+                      paper: arXiv 2209.07999)
+    AdaDim paper      "AdaDim: Dimensionality Adaptation for SSL Representational Dynamics"
+    Geometry paper    "Toward a Geometrical Understanding of Self-supervised Contrastive Learning" (Cosentino
+                      et al. 2022, arXiv 2205.06926)
 Wherever an identity allows it the work is done on d x d matrices instead of n x n ones, and in float64
 where log-determinants and eigenvalues need it. Scalar measures return Python floats.
 
-Also here: report() (every scalar measure in one dict), track() (the few measures `common.track` logs
+Also here: report() (every scalar measure in one dict), track() (the few measures each method logs
 every --track-every epochs) and a command line:
     python metrics.py runs/<run>/last.pt                   one table, also written to metrics.json
     python metrics.py --compare runs/a/last.pt runs/b/last.pt
@@ -25,12 +29,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-# ------------------------------------------------------------ correlation and redundancy (paper 000)
-def standardize(x, eps=1e-8):
-    """z-score every feature over the samples: mean 0, variance 1 (paper 000 section 3.2, appendix A).
+# ------------------------------------------------------------ correlation and redundancy (SSLPM paper)
+def zscore(x, eps=1e-8):
+    """z-score every feature over the samples: mean 0, variance 1 (SSLPM paper section 3.2, appendix A).
     Population variance (divide by n), so that C = X^T X / n is the correlation matrix. A constant
     feature becomes 0 instead of NaN. Returns float64."""
     x = x.double() - x.double().mean(0)
@@ -42,11 +48,11 @@ def gram(x):
 
 
 def correlation_matrix(x):
-    return gram(standardize(x))                               # (d, d), ones on the diagonal
+    return gram(zscore(x))                               # (d, d), ones on the diagonal
 
 
 def average_absolute_correlation(x):
-    """AAC, paper 000 definition 3.1 (eq. 2): AAC_j = sum_{i != j} |C_ij| / (d - 1), AAC = mean_j AAC_j,
+    """AAC, SSLPM paper definition 3.1 (eq. 2): AAC_j = sum_{i != j} |C_ij| / (d - 1), AAC = mean_j AAC_j,
     i.e. the mean of |C_ij| over all i != j of the correlation matrix of the standardised features."""
     c = correlation_matrix(x)
     d = len(c)
@@ -54,7 +60,7 @@ def average_absolute_correlation(x):
 
 
 def average_correlation(x):
-    """Paper 001 section 4 (Figure 11): the signed mean of the off-diagonal entries of the correlation
+    """The Collapses paper section 4 (Figure 11): the signed mean of the off-diagonal entries of the correlation
     matrix. Unlike AAC, positive and negative correlations cancel."""
     c = correlation_matrix(x)
     d = len(c)
@@ -62,7 +68,7 @@ def average_correlation(x):
 
 
 def _split(n, d, fraction, test_fraction, val_fraction, seed):
-    """Samples: train / test (paper 000 appendix A: fit on 80%, evaluate on 20%), and train again into
+    """Samples: train / test (SSLPM paper appendix A: fit on 80%, evaluate on 20%), and train again into
     fit / val for choosing the ridge penalty. Features: a random `fraction` of them as targets.
     Seeded, so LR and NLR with the same seed and fraction use the same split and targets."""
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +81,7 @@ def _split(n, d, fraction, test_fraction, val_fraction, seed):
     return train, test, fit, val, targets
 
 
-# _heldout_note: paper 000 writes 1 - MSE because standardised features have unit variance. On a finite
+# _heldout_note: the SSLPM paper writes 1 - MSE because standardised features have unit variance. On a finite
 # test split the target's variance is not exactly 1 (for heavy-tailed features it can be off by 10-20%
 # at n = 1000), and 1 - MSE would report that sampling noise as redundancy. We divide the MSE by the
 # MSE of the trivial predictor 0 (the mean) on the same split, E[x_j^2] = 1 in expectation: the
@@ -109,7 +115,7 @@ def ridge_heldout_mse(gram_fit, gram_eval, ridges):
 
 def linear_redundancy(x, fraction=1.0, ridges=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), test_fraction=0.2,
                       val_fraction=0.2, seed=0):
-    """Linear redundancy, paper 000 eq. 4: LR_j = 1 - MSE of the best linear prediction of standardised
+    """Linear redundancy, SSLPM paper eq. 4: LR_j = 1 - MSE of the best linear prediction of standardised
     feature j from all the others (the MSE relative to predicting 0, see _heldout_note), LR = mean_j LR_j
     over a random `fraction` of the features (the paper: 20%; all by default, as it costs the same here).
     As in appendix A the regression is fitted on 80% of the samples and its MSE measured on the other
@@ -117,7 +123,7 @@ def linear_redundancy(x, fraction=1.0, ridges=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), tes
     validation part of the fitting samples, then refit on all of them. Everything comes from three
     Gram matrices (one pass over the data, O(n d^2)) and 2 * len(ridges) d x d factorisations
     (ridge_heldout_mse). Returns (LR, per_feature): per_feature (d,) is NaN where j was not a target."""
-    x = standardize(x)
+    x = zscore(x)
     train, test, fit, val, targets = _split(len(x), x.shape[1], fraction, test_fraction, val_fraction, seed)
     g_fit, g_val, g_test = gram(x[fit]), gram(x[val]), gram(x[test])
     g_train = (len(fit) * g_fit + len(val) * g_val) / len(train)                # train = fit + val
@@ -130,7 +136,7 @@ def linear_redundancy(x, fraction=1.0, ridges=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), tes
 
 def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_size=256, lr=1e-3,
                          test_fraction=0.2, seed=0, progress=False):
-    """Non-linear redundancy, paper 000 eq. 5: NLR_j = 1 - held-out MSE of an MLP (d-1 -> 128 -> 64 -> 1,
+    """Non-linear redundancy, SSLPM paper eq. 5: NLR_j = 1 - held-out MSE of an MLP (d-1 -> 128 -> 64 -> 1,
     ReLU) predicting standardised feature j from all the others (relative MSE, see _heldout_note),
     NLR = mean_j NLR_j over a random `fraction` of the features (appendix A: 20%, MLP 128-64, a fixed
     number of training steps, fit on 80% of the samples, evaluated on 20%). The same seed gives the same
@@ -144,7 +150,7 @@ def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_si
     shared and Adam is elementwise, so one optimizer on the summed loss trains k independent networks.
     Returns (NLR, per_feature), per_feature (d,) NaN where j was not a target."""
     g = torch.Generator().manual_seed(seed)
-    x = standardize(x).float()
+    x = zscore(x).float()
     n, d = x.shape
     train, test, _, _, targets = _split(n, d, fraction, test_fraction, 0.2, seed)
     k, (h1, h2), device = len(targets), hidden, x.device
@@ -183,10 +189,11 @@ def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_si
     return per_feature[targets].mean().item(), per_feature
 
 
-# ---------------------------------------------------------------------- spectra (papers 001, 003, 004)
+# ------------------------------------------------------ spectra (Collapses, AdaDim, Geometry papers)
 def singular_values(x, center=True):
     """Singular values of x, descending: of the centred features by default (their squares / (n - 1)
-    are the eigenvalues of the covariance, the spectrum of papers 001 Figure 8 and 004 Figure 4), or of
+    are the eigenvalues of the covariance, the spectrum of the Collapses paper's Figure 8 and the Geometry
+    paper's Figure 4), or of
     a matrix as it is, e.g. a weight (center=False). Through the smaller Gram matrix in float64:
     O(n d^2) + O(d^3); accurate down to about 1e-8 of the largest value."""
     x = x.double()
@@ -205,7 +212,7 @@ def _entropy(p):  # Shannon entropy (nats) of a probability vector, 0 log 0 = 0
 
 
 def effective_rank(x, center=True):
-    """Effective rank (Roy & Vetterli 2007; papers 003 A.6 and section 4): exp(H(p)) with p = s / |s|_1
+    """Effective rank (Roy & Vetterli 2007; AdaDim paper A.6 and section 4): exp(H(p)) with p = s / |s|_1
     the L1-normalised singular values s of the (centred) features. Between 1 and min(n, d); equals k
     for k equal non-zero singular values."""
     s = singular_values(x, center)
@@ -221,7 +228,7 @@ def rankme(x, eps=1e-7, center=False):
 
 
 def numerical_rank(matrix, tau=1e-2):
-    """Rank_tau(W) = sum_j 1{|sigma_j| >= tau} (paper 004 eq. 2): the number of singular values of the
+    """Rank_tau(W) = sum_j 1{|sigma_j| >= tau} (Geometry paper eq. 2): the number of singular values of the
     matrix (not centred) at or above the ABSOLUTE threshold tau. The paper applies it to the 512 x 128
     linear projector (Figure 1) and does not state tau; 1e-2 here."""
     return int((singular_values(matrix, center=False) >= tau).sum())
@@ -233,14 +240,14 @@ def covariance_eigenvalues(x):
 
 
 def eigenvalue_count(x, tau=0.01):
-    """Paper 003 A.9 (Figure 3b): the number of covariance eigenvalues above tau after dividing all of
+    """The AdaDim paper A.9 (Figure 3b): the number of covariance eigenvalues above tau after dividing all of
     them by their sum (their L1 norm)."""
     lam = covariance_eigenvalues(x)
     return int((lam / lam.sum() > tau).sum())
 
 
 def explained_variance_ratio(x, top=0.3):
-    """Paper 003 A.9 (Figure 3c): sum of the largest floor(top * N) of the N covariance eigenvalues
+    """The AdaDim paper A.9 (Figure 3c): sum of the largest floor(top * N) of the N covariance eigenvalues
     (at least one) over the sum of all of them."""
     lam = covariance_eigenvalues(x)
     m = max(1, int(top * len(lam)))
@@ -249,22 +256,22 @@ def explained_variance_ratio(x, top=0.3):
 
 def von_neumann_entropy(a):
     """H = -sum_i lam_i log lam_i over the eigenvalues of a PSD (d, d) matrix scaled to trace 1
-    (paper 003 A.6). log(rank) for a flat spectrum, 0 for rank one."""
+    (AdaDim paper A.6). log(rank) for a flat spectrum, 0 for rank one."""
     lam = torch.linalg.eigvalsh(a.double()).clamp_min(0)
     return _entropy(lam / lam.sum())
 
 
 def matrix_entropy(a):
-    """Matrix entropy of a PSD matrix A (paper 003 A.6, after its ref. 58): ME(A) = -tr(A log A) + tr(A)
+    """Matrix entropy of a PSD matrix A (AdaDim paper A.6, after its ref. 58): ME(A) = -tr(A log A) + tr(A)
     = sum_i (-lam_i log lam_i + lam_i). Not normalised: the trace term grows with more and larger
     eigenvalues."""
     lam = torch.linalg.eigvalsh(a.double()).clamp_min(0)
     return _entropy(lam) + lam.sum().item()
 
 
-# --------------------------------------------------------------- information (papers 001, 002, 003)
+# ------------------------------------- information (Collapses paper, CorInfoMax thesis, AdaDim paper)
 def renyi_entropy(gram, alpha=2):
-    """Matrix-based Renyi entropy of order alpha of a PSD (n, n) Gram matrix (paper 003 A.6):
+    """Matrix-based Renyi entropy of order alpha of a PSD (n, n) Gram matrix (AdaDim paper A.6):
     K = gram / tr(gram), H_alpha = log(tr(K^alpha)) / (1 - alpha) = log(sum_i lam_i^alpha) / (1 - alpha);
     alpha = 2: -log |K|_F^2 (no eigenvalues needed); alpha = 1: the von Neumann limit.
     log n for n orthogonal equal-norm rows, 0 for rank one."""
@@ -285,7 +292,7 @@ def renyi2_entropy(x):
 
 
 def renyi_mutual_information(r, z, alpha=2, chunk=1024):
-    """Renyi matrix mutual information I(R; Z) (paper 003 A.6, used by AdaDim): rows L2-normalised,
+    """Renyi matrix mutual information I(R; Z) (AdaDim paper A.6, used by AdaDim): rows L2-normalised,
     A = R R^T / n and B = Z Z^T / n (trace 1),
         I(A; B) = H(A) + H(B) - H(A o B / tr(A o B)),   o the Hadamard product, H = renyi_entropy.
     Order 2 without n x n matrices in memory (so n = 10,000 is fine):
@@ -307,9 +314,9 @@ def renyi_mutual_information(r, z, alpha=2, chunk=1024):
 
 
 def logdet_entropy(x, eps=1e-4):
-    """Log-determinant (LD) entropy, thesis (002) eq. 3.3: H = 1/2 log det(R_x + eps I) + d/2 log(2 pi e),
+    """Log-determinant (LD) entropy, CorInfoMax thesis eq. 3.3: H = 1/2 log det(R_x + eps I) + d/2 log(2 pi e),
     R_x the sample covariance (unbiased, divide by n - 1), natural log (nats). With eps = 0 it is the
-    differential entropy of a Gaussian with covariance R_x. Paper 001 compares it with the
+    differential entropy of a Gaussian with covariance R_x. The Collapses paper compares it with the
     pairwise-distance estimator as a collapse indicator."""
     d = x.shape[1]
     cov = torch.cov(x.double().T).reshape(d, d) + eps * torch.eye(d, dtype=torch.float64, device=x.device)
@@ -317,7 +324,7 @@ def logdet_entropy(x, eps=1e-4):
 
 
 def ld_mutual_information(x, y, eps=1e-4, symmetric=True):
-    """LD mutual information (LDMI), thesis (002) eqs. 3.5-3.6, nats, sample covariances (n - 1):
+    """LD mutual information (LDMI), CorInfoMax thesis eqs. 3.5-3.6, nats, sample covariances (n - 1):
         I(x; y) = 1/2 logdet(R_x + eps I) - 1/2 logdet(R_x - R_xy (R_y + eps I)^-1 R_xy^T + eps I)  (3.5)
     symmetric=True (default) returns eq. 3.6, the average of 3.5 and 3.5 with x and y exchanged. The
     thesis calls the two "equivalent": they are equal for eps = 0 (both are the Gaussian mutual
@@ -337,7 +344,7 @@ def ld_mutual_information(x, y, eps=1e-4, symmetric=True):
 
 def gaussian_mutual_information(r, z, eps=0.0, both=False):
     """Closed-form I(R; Z) of jointly Gaussian R and Z with the sample covariance Sigma (+ eps I), paper
-    003 eq. 1, nats:
+    eq. 1 of the AdaDim paper, nats:
         I = 1/2 (ln|S_Z| - ln|Var(Z|R)|) = 1/2 (ln|S_R| - ln|Var(R|Z)|),
         Var(Z|R) = S_Z - S_ZR S_R^-1 S_RZ,   Var(R|Z) = S_R - S_RZ S_Z^-1 S_ZR   (Schur complements).
     (The paper writes S_RZ S_R^-1 S_ZR in the first one; its dimensions only work as above.)
@@ -355,7 +362,7 @@ def gaussian_mutual_information(r, z, eps=0.0, both=False):
 
 def pairwise_distance_entropy(x, sigma=0.5, bound="kl", chunk=1024):
     """Pairwise-distance estimator of entropy (Kolchinsky & Tracey 2017), one of the two estimators
-    paper 001 compares (section 4, after its ref. [1]). X is treated as a mixture of n Gaussians
+    the Collapses paper compares (section 4, after its ref. [1]). X is treated as a mixture of n Gaussians
     N(x_i, sigma^2 I) with equal weights:
         H = d/2 log(2 pi e sigma^2) - 1/n sum_i log(1/n sum_j exp(-D_ij)),
     D_ij = |x_i - x_j|^2 / (2 sigma^2) (KL divergence: an upper bound on the mixture entropy) or
@@ -371,14 +378,14 @@ def pairwise_distance_entropy(x, sigma=0.5, bound="kl", chunk=1024):
     return d / 2 * math.log(2 * math.pi * math.e * sigma ** 2) - total / n
 
 
-# ------------------------------------------------------------------------- geometry (papers 003, 004)
+# ------------------------------------------------------------------------- geometry (AdaDim, Geometry papers)
 def alignment(x, y, alpha=2):
     """Alignment (Wang & Isola 2020): mean_i |x_i - y_i|^alpha of L2-normalised positive pairs (rows)."""
     return (F.normalize(x.double(), dim=1) - F.normalize(y.double(), dim=1)).norm(dim=1).pow(alpha).mean().item()
 
 
 def uniformity(x, t=2, chunk=1024):
-    """Uniformity (Wang & Isola 2020; paper 003 A.6): log of the mean over pairs i < j of
+    """Uniformity (Wang & Isola 2020; the AdaDim paper A.6): log of the mean over pairs i < j of
     exp(-t |x_i - x_j|^2), rows L2-normalised here. 0 for identical points, more negative = more
     uniform; -4 + log I0(4) ~ -1.575 for t = 2 and points spread evenly on a circle (n -> infinity).
     O(n^2 d) in row blocks, in x's precision, with log-sum-exp."""
@@ -394,7 +401,7 @@ def uniformity(x, t=2, chunk=1024):
 
 def _negative_similarities(f1, f2, start=0, stop=None):
     """Cosine similarities of f1_i (rows start:stop) to its 2N - 2 negatives B_-i = {f1_j, f2_j : j != i}
-    (paper 004 eq. 1): (rows, 2N), columns index cat([f1, f2]), the two views of image i masked to -inf.
+    (Geometry paper eq. 1): (rows, 2N), columns index cat([f1, f2]), the two views of image i masked to -inf.
     Also returns the positive similarities Sim(f1_i, f2_i) of those rows."""
     f1, f2 = F.normalize(_float(f1), dim=1), F.normalize(_float(f2), dim=1)
     n, stop = len(f1), len(f1) if stop is None else min(stop, len(f1))
@@ -405,7 +412,7 @@ def _negative_similarities(f1, f2, start=0, stop=None):
 
 
 def infonce_terms(f1, f2, beta=2.0):
-    """InfoNCE of paper 004 eq. 1 (anchors f1_i, positive f2_i, the 2N - 2 negatives B_-i only in the
+    """InfoNCE of the Geometry paper eq. 1 (anchors f1_i, positive f2_i, the 2N - 2 negatives B_-i only in the
     denominator, rows L2-normalised, inverse temperature beta; N x 2N memory) and its decompositions:
     - Proposition C.1 (eq. 13): InfoNCE = mean_i [-beta f1_i.f2_i + beta f1_i.E_D[f~] + H(D_-i)], with
       D_-i the softmax of beta f1_i.f~_l over the negatives: keys "alignment_term", "repulsion_term",
@@ -432,7 +439,7 @@ def infonce_terms(f1, f2, beta=2.0):
 
 def nearest_negatives(h1, h2, f1=None, f2=None, chunk=1024):
     """For each image i, the index (into cat([h1, h2]), 0..2N-1) of h~_i*, the negative most similar to
-    view 1 of image i, chosen in the projector's output space f when given (paper 004 Proposition 3.1,
+    view 1 of image i, chosen in the projector's output space f when given (Geometry paper Proposition 3.1,
     Figure 6), else in h; and the normalised Euclidean distance between h1_i and h~_i* (Figure 5). The
     paper does not define "normalised": here it is the distance between the L2-normalised vectors,
     |h1_i/|h1_i| - h~*/|h~*||, in [0, 2]. Returns (index (N,), distance (N,)); O(N^2) time, row blocks."""
@@ -443,7 +450,7 @@ def nearest_negatives(h1, h2, f1=None, f2=None, chunk=1024):
 
 
 def label_sharing(labels, nearest):
-    """Paper 004 Figure 6: the fraction of images i whose nearest negative h~_i* (index into the 2N
+    """The Geometry paper Figure 6: the fraction of images i whose nearest negative h~_i* (index into the 2N
     views, nearest_negatives) shows an image of the same label as image i (that of h_i^(2))."""
     return (labels[nearest % len(labels)] == labels).double().mean().item()
 
@@ -451,7 +458,7 @@ def label_sharing(labels, nearest):
 def unexplained_variance(w, delta_h):
     """Fraction of the variance of the displacements delta_h_i = h_i^(2) - h~_i* (N, d_enc) that the
     column space of W (d_enc, d_proj; the paper's W with g(h) = W^T h, i.e. nn.Linear.weight.T) does not
-    explain, paper 004 eq. 10: sum_i min_t |delta_h_i - W t|^2 / sum_i |delta_h_i|^2. 0 when every
+    explain, Geometry paper eq. 10: sum_i min_t |delta_h_i - W t|^2 / sum_i |delta_h_i|^2. 0 when every
     delta_h_i lies in the column space, 1 when all are orthogonal to it."""
     u, s, _ = torch.linalg.svd(w.double(), full_matrices=False)
     q = u[:, s > s.max() * max(w.shape) * 1e-12]                 # orthonormal basis of the column space
@@ -464,7 +471,7 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
            beta=2.0, nlr_samples=2000, nlr_steps=500, pairwise_samples=2000, progress=False):
     """Every scalar measure that applies, as a flat dict. R = backbone_features and Z = projector_features
     (n, d) of the same un-augmented images; labels (n,) optional; views = (h1, h2, f1, f2), backbone and
-    projector features of two augmented views of the same images, for the two-view measures of paper 004;
+    projector features of two augmented views of the same images, for the two-view measures of the Geometry paper;
     projector_weight: nn.Linear.weight (d_proj, d_enc) of a linear projector. Measures of a normalised
     covariance or distribution (entropies, uniformity, std) use L2-normalised rows, so runs compare
     whatever the feature scale; redundancy and Gaussian/LD mutual information use standardised features.
@@ -487,14 +494,14 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
                     f"std_{name}": u.std(0).mean().item(), f"uniformity_{name}": uniformity(u),
                     f"aac_{name}": average_absolute_correlation(x), f"avg_corr_{name}": average_correlation(x),
                     f"lr_{name}": linear_redundancy(x)[0]})
-    # NLR trains 20% x d networks: on R only, as paper 000 (backbone features), on a bounded sample
+    # NLR trains 20% x d networks: on R only, as the SSLPM paper (backbone features), on a bounded sample
     if nlr_steps > 0:
         out["nlr_R"] = nonlinear_redundancy(feats["R"][:nlr_samples], steps=nlr_steps, progress=progress)[0]
-    r, z = standardize(feats["R"]), standardize(feats["Z"])
+    r, z = zscore(feats["R"]), zscore(feats["Z"])
     out["renyi_mi_RZ"] = renyi_mutual_information(feats["R"], feats["Z"])
     out["gaussian_mi_RZ"] = gaussian_mutual_information(r, z, eps=1e-3)
     out["ldmi_RZ"] = ld_mutual_information(r, z, eps=1e-3)
-    # one view: the nearest OTHER image in projector space (the single-view case of paper 004 Fig. 5-6)
+    # one view: the nearest OTHER image in projector space (the single-view case of the Geometry paper Fig. 5-6)
     nearest, distance = nearest_negatives(feats["R"], feats["R"], feats["Z"], feats["Z"])
     out["nearest_distance"] = distance.mean().item()
     if labels is not None:
@@ -505,7 +512,7 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
         h1, h2, f1, f2 = (v.detach() for v in views)
         out["alignment_Z"] = alignment(f1, f2)
         out.update(infonce_terms(f1, f2, beta))
-        out["ldmi_Z1Z2"] = ld_mutual_information(standardize(f1), standardize(f2), eps=1e-3)  # thesis 5.4
+        out["ldmi_Z1Z2"] = ld_mutual_information(zscore(f1), zscore(f2), eps=1e-3)  # thesis 5.4
         nearest, distance = nearest_negatives(h1, h2, f1, f2)
         out["nearest_negative_distance"] = distance.mean().item()
         if labels is not None:
@@ -530,7 +537,6 @@ def extract(backbone, projector, images, data, device, augment=None, batch_size=
     """Backbone features R and projector features Z (float32) of uint8 images (n, 3, H, W), in eval
     mode, as common.extract_features; with augment (a common.Augment): of its two views,
     returned as (h1, h2, f1, f2)."""
-    import common
     modes = backbone.training, projector.training
     backbone.eval(), projector.eval()
     outs = []
@@ -545,10 +551,10 @@ def extract(backbone, projector, images, data, device, augment=None, batch_size=
 
 
 def track(backbone, projector, images, data, device, tau=1e-2):
-    """What common.track logs every --track-every epochs, on a fixed set of test images (uint8 (n, 3,
-    H, W); the same images every time, so epochs compare): effective rank of R and Z, Renyi I(R; Z),
+    """What a method logs every --track-every epochs (its epoch-end block calls this), on a fixed set of
+    test images (uint8 (n, 3, H, W); the same images every time, so epochs compare): effective rank of R and Z, Renyi I(R; Z),
     AAC of R, mean per-dimension std and uniformity of the L2-normalised Z, and, for a linear projector,
-    Rank_tau of its weight (paper 004 Figure 1). Returns a flat dict of floats for log.jsonl.
+    Rank_tau of its weight (Geometry paper Figure 1). Returns a flat dict of floats for log.jsonl.
     Cost on one CPU thread, 1000 32-px images, width-8 ResNet-18 + 2048-256 MLP projector: about 0.8 s
     per call, 0.6 s of it the forward passes."""
     r, z = extract(backbone, projector, images, data, device)
@@ -564,34 +570,44 @@ def track(backbone, projector, images, data, device, tau=1e-2):
 
 # ------------------------------------------------------------------------------------ command line
 SOURCES = {  # the table's last column: what a row is and where it comes from
-    "effective_rank": "exp entropy of L1-normalised singular values (Roy & Vetterli; 003)",
-    "rankme": "RankMe (Garrido et al.), eps 1e-7", "eigenvalue_count": "normalised eigenvalues > 0.01 (003 A.9)",
-    "explained_variance_top30": "variance in the top 30% eigenvalues (003 A.9)",
-    "von_neumann_entropy": "-sum l log l, unit-row covariance (003 A.6)",
-    "matrix_entropy": "-tr(A log A) + tr(A), unit-row covariance (003 A.6)",
-    "renyi_entropy": "order-2 Renyi entropy of the unit-row Gram (003 A.6)",
-    "logdet_entropy": "1/2 logdet(cov + 1e-4 I) + const, unit rows (002 eq. 3.3)",
-    "pairwise_entropy": "pairwise-distance estimator, sigma 0.5, unit rows (001)",
-    "std": "mean per-dim std of unit rows (1/sqrt(d) if spread)", "uniformity": "log E exp(-2|x-y|^2) (Wang & Isola)",
-    "aac": "mean |correlation| off the diagonal (000 def. 3.1)", "avg_corr": "mean correlation off the diagonal (001)",
-    "lr": "linear redundancy, ridge, all features (000 eq. 4)", "nlr": "non-linear redundancy, MLP 128-64, 20%, <= 2000 samples (000 eq. 5)",
-    "renyi_mi": "order-2 Renyi matrix mutual information (003 A.6)", "gaussian_mi": "Gaussian I(R;Z), eps 1e-3 (003 eq. 1)",
-    "ldmi": "LD mutual information, eps 1e-3 (002 eq. 3.6)", "nearest_distance": "distance to nearest other image (004 Fig. 5)",
-    "nearest_label_sharing": "nearest other image has the same label (004 Fig. 6)",
-    "projector_rank": "Rank_0.01 of the linear projector (004 eq. 2)",
-    "alignment": "E |f1 - f2|^2 of two views (Wang & Isola)", "infonce": "InfoNCE, two views (004 eq. 1)",
-    "alignment_term": "-beta f1.f2 (004 Prop. C.1)", "repulsion_term": "beta f1.E_D[f] (004 Prop. C.1)",
-    "entropy_term": "H(D_-i) (004 Prop. C.1)", "upper": "upper bound on InfoNCE (004 eq. 3)",
-    "invariance": "-mean Sim(f1, f2) (004 eq. 4)", "repulsion": "mean Sim(f1, nearest negative) (004 eq. 5)",
-    "nearest_negative_distance": "|h1 - h*| of unit vectors (004 Fig. 5)",
-    "label_sharing": "nearest negative shares the label (004 Fig. 6)",
-    "unexplained_variance": "variance of h2 - h* outside col(W) (004 eq. 10)"}
+    "effective_rank": "exp entropy of L1-normalised singular values (Roy & Vetterli; AdaDim)",
+    "rankme": "RankMe (Garrido et al.), eps 1e-7",
+    "eigenvalue_count": "normalised eigenvalues > 0.01 (AdaDim A.9)",
+    "explained_variance_top30": "variance in the top 30% eigenvalues (AdaDim A.9)",
+    "von_neumann_entropy": "-sum l log l, unit-row covariance (AdaDim A.6)",
+    "matrix_entropy": "-tr(A log A) + tr(A), unit-row covariance (AdaDim A.6)",
+    "renyi_entropy": "order-2 Renyi entropy of the unit-row Gram (AdaDim A.6)",
+    "logdet_entropy": "1/2 logdet(cov + 1e-4 I) + const, unit rows (CorInfoMax thesis eq. 3.3)",
+    "pairwise_entropy": "pairwise-distance estimator, sigma 0.5, unit rows (Collapses paper)",
+    "std": "mean per-dim std of unit rows (1/sqrt(d) if spread)",
+    "uniformity": "log E exp(-2|x-y|^2) (Wang & Isola)",
+    "aac": "mean |correlation| off the diagonal (SSLPM paper def. 3.1)",
+    "avg_corr": "mean correlation off the diagonal (Collapses paper)",
+    "lr": "linear redundancy, ridge, all features (SSLPM paper eq. 4)",
+    "nlr": "non-linear redundancy, MLP 128-64, 20%, <= 2000 samples (SSLPM paper eq. 5)",
+    "renyi_mi": "order-2 Renyi matrix mutual information (AdaDim A.6)",
+    "gaussian_mi": "Gaussian I(R;Z), eps 1e-3 (AdaDim eq. 1)",
+    "ldmi": "LD mutual information, eps 1e-3 (CorInfoMax thesis eq. 3.6)",
+    "nearest_distance": "distance to nearest other image (Geometry paper Fig. 5)",
+    "nearest_label_sharing": "nearest other image has the same label (Geometry paper Fig. 6)",
+    "projector_rank": "Rank_0.01 of the linear projector (Geometry paper eq. 2)",
+    "alignment": "E |f1 - f2|^2 of two views (Wang & Isola)",
+    "infonce": "InfoNCE, two views (Geometry paper eq. 1)",
+    "alignment_term": "-beta f1.f2 (Geometry paper Prop. C.1)",
+    "repulsion_term": "beta f1.E_D[f] (Geometry paper Prop. C.1)",
+    "entropy_term": "H(D_-i) (Geometry paper Prop. C.1)",
+    "upper": "upper bound on InfoNCE (Geometry paper eq. 3)",
+    "invariance": "-mean Sim(f1, f2) (Geometry paper eq. 4)",
+    "repulsion": "mean Sim(f1, nearest negative) (Geometry paper eq. 5)",
+    "nearest_negative_distance": "|h1 - h*| of unit vectors (Geometry paper Fig. 5)",
+    "label_sharing": "nearest negative shares the label (Geometry paper Fig. 6)",
+    "unexplained_variance": "variance of h2 - h* outside col(W) (Geometry paper eq. 10)",
+}
 
 
 def load_run(path, device):
     """Rebuild a run's model from its checkpoint through its own method file (args["method"]) and load
     its data; one-line errors (common.fail) for anything that is not such a checkpoint."""
-    import common
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -618,7 +634,6 @@ def load_run(path, device):
 
 
 def measure_run(path, device, max_samples, nlr_steps=500, seed=0):
-    import common
     ckpt, args, model, data = load_run(path, device)
     common.seed_everything(seed)
     keep = torch.randperm(len(data.test_x))[:max_samples]        # a fixed random subset of the test split
@@ -627,7 +642,7 @@ def measure_run(path, device, max_samples, nlr_steps=500, seed=0):
     augment = common.Augment(args.policy, data, args.image_size)  # the run's own augmentation policy
     views = extract(model.backbone, model.projector, images[:2048], data, device, augment=augment)
     w = linear_weight(model.projector)
-    beta = 1 / args.temperature if getattr(args, "temperature", None) else 2.0  # paper 004 uses beta = 2
+    beta = 1 / args.temperature if getattr(args, "temperature", None) else 2.0  # the Geometry paper uses beta = 2
     results = {"method": args.method, "dataset": args.dataset, "epoch": ckpt["epoch"], "beta": beta}
     results.update(report(r, z, labels.to(r.device), views=views, projector_weight=w, beta=beta,
                           nlr_steps=nlr_steps, progress=True))
@@ -649,7 +664,6 @@ def print_table(columns, names):
 
 
 def main(argv=None):
-    import common
     p = common.ArgumentParser(prog="metrics.py", description="Every analysis measure of a run's representation.")
     p.add_argument("checkpoint", nargs="?", help="a run's checkpoint, runs/<run>/last.pt")
     p.add_argument("--compare", nargs="+", metavar="CKPT", help="several checkpoints, side by side")

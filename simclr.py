@@ -8,13 +8,12 @@ Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 
 Run:        python simclr.py                                    (shapes, the CPU recipe: about a minute)
             python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
-            python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large  (paper 004)
+            python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large
+                                                (the linear projector of "Toward a Geometrical Understanding")
             torchrun --standalone --nproc_per_node=4 simclr.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
-            recipe at 1000 epochs (its table does not say online or offline). Measured here (CPU recipe,
-            kNN accuracy at random initialisation -> after training, seeds 0-2, benchmarks/recipes.py):
-            shapes 0.208 -> 0.365, 0.202 -> 0.344, 0.224 -> 0.370 (margins 14.2-15.7 points); digits
-            (--recipe shapes --epochs 28) 0.791 -> 0.933, 0.721 -> 0.950, 0.758 -> 0.928. No GPU run yet.
+            recipe at 1000 epochs (its table does not say online or offline). This repository's CPU
+            recipe: see README Results.
 Deviations:
 - The loss is the mean over all 2N anchors (paper); google-research's code sums the two halves (2x).
   Computed as a cross-entropy over logits (log-sum-exp), never with raw exp.
@@ -25,8 +24,9 @@ Deviations:
 - Blur at 32 px uses a 3-tap kernel (10% of the side, torchvision GaussianBlur convention); solo-learn
   uses PIL's full-support blur, so its blur is stronger. Crops are resized bilinearly (solo-learn: bicubic).
 - The online probe uses AdamW on detached features (solo-learn: SGD in the same optimizer).
-- The CPU recipe (shapes) uses AdamW and paper 004's `small` policy: LARS at these sizes made real-image
-  features worse, and stronger crops of 16 px images hurt (RECIPES).
+- The CPU recipe (shapes) uses AdamW and the `small` augmentation of "Toward a Geometrical
+  Understanding" (Table 2): LARS at these sizes made real-image features worse, and stronger crops of
+  16 px images hurt (benchmarks/recipes.py tells how the recipe was chosen).
 """
 import time
 
@@ -48,12 +48,7 @@ RECIPES = {
         warmup_epochs=10,     # solo-learn warmup_cosine default
         policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
     ),
-    # the CPU recipe, about a minute on 2 cores. Measured here (benchmarks/recipes.py, kNN gain over random
-    # init, seeds 0-2, shapes / digits): LARS lr 0.15 moderate (the old quick start) +11 / +15 on shapes
-    # but it made digit features worse (issue 5: 0.771 -> 0.542); AdamW lr 2e-3 moderate +9.3 / +7.9 / +5.9
-    # and +2.5 / +11.4 / +10.9; AdamW small +15.7 / +14.2 / +14.7 and +14.2 / +22.8 / +17.0 (seed 0 digits:
-    # lr 5e-3 -6.1, symmetric -17.3, width 16 +2.5 with moderate). Paper 004's `small` policy (crop 0.9-1,
-    # weak jitter) suits 16 px images: random crops of a 16 px image lose most of the object.
+    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="small"),
     "cifar10": dict(),
@@ -65,12 +60,13 @@ RECIPES = {
 
 def get_args(argv=None):
     parser = common.get_parser("simclr", __doc__, RECIPES)
-    parser.add_argument("--temperature", type=common.positive(float), default=0.2, help="tau (solo-learn cifar)")
-    parser.add_argument("--projector", default="mlp", choices=["mlp", "linear"],
-                        help="mlp: Linear-ReLU-Linear (solo-learn); linear: one bias-free matrix (paper 004)")
-    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
-    parser.add_argument("--proj-dim", type=common.positive(int), default=256,
-                        help="solo-learn cifar: 256; paper 004's linear projector: 128")
+    flags = parser.add_argument_group("SimCLR (this file's flags)")
+    flags.add_argument("--temperature", type=common.positive(float), default=0.2, help="tau (solo-learn cifar)")
+    flags.add_argument("--projector", default="mlp", choices=["mlp", "linear"],
+                       help="mlp: Linear-ReLU-Linear (solo-learn); linear: one bias-free matrix (arXiv 2205.06926)")
+    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags.add_argument("--proj-dim", type=common.positive(int), default=256,
+                       help="solo-learn cifar: 256; the linear projector of arXiv 2205.06926: 128")
     return common.parse_args(parser, argv)
 
 
@@ -97,7 +93,7 @@ class Model(nn.Module):
         dim = self.backbone.out_dim
         if args.projector == "mlp":
             self.projector = common.projector([dim, args.proj_hidden, args.proj_dim], batchnorm=False)
-        else:  # paper 004 section 3: a linear projector, whose rank it tracks (Figure 1)
+        else:  # a linear projector, whose rank arXiv 2205.06926 tracks (section 3, Figure 1)
             self.projector = nn.Linear(dim, args.proj_dim, bias=False)
 
     def forward(self, x):
@@ -108,8 +104,8 @@ class Model(nn.Module):
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
     args = get_args(argv)
-    run = common.Run(args, __file__)
-    device = run.device
+    device = common.setup_device(args)        # cuda, mps or cpu; under torchrun also joins the process group
+    run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
@@ -118,7 +114,8 @@ def main(argv=None):
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
-    start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)
+    state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds
+    start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
     for epoch in range(start, args.epochs):
@@ -134,7 +131,7 @@ def main(argv=None):
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
                 h1, z1 = net(x1)
-                h2, z2 = net(x2)
+                _, z2 = net(x2)
             loss = nt_xent_loss(common.gather(z1.float()), common.gather(z2.float()), args.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,9 +140,21 @@ def main(argv=None):
             meter.add(loss=loss, probe_loss=probe_loss)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
-        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            return  # --stop-after
+        row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
+               "images_per_sec": len(loader) * args.batch_size / seconds,
+               "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
+        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            row.update(common.evaluate(model.backbone, probe, data, device))
+        if args.track_every and (epoch + 1) % args.track_every == 0:
+            import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+        run.log(row)                 # log.jsonl, and one printed line
+        run.save(epoch + 1, state)   # last.pt, atomically
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            return run.stopped(epoch + 1)
     run.finish(model.backbone, data)
 
 

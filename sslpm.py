@@ -1,6 +1,6 @@
-"""SSLPM: Self-Supervised Learning with Predictability Minimization (paper 000, "Beyond Pairwise
-Correlations: Higher-Order Redundancies in Self-Supervised Representation Learning", section 3.4,
-appendices B, C, E; an anonymous submission, our copy has no arXiv id).
+"""SSLPM: Self-Supervised Learning with Predictability Minimization ("Beyond Pairwise Correlations:
+Higher-Order Redundancies in Self-Supervised Representation Learning", section 3.4, appendices B, C, E;
+an anonymous submission under review, no arXiv id).
 
 Barlow Twins' invariance term plus a predictor that tries to guess masked embedding entries from the
 visible ones; the encoder makes that guess as hard as possible (predictability minimisation,
@@ -18,25 +18,15 @@ SSLPM-SGD (--predictor mlp, section 3.4.1, appendix E): an MLP R_theta trained i
 The predictor wins by predicting well; the encoder wins by leaving nothing predictable, so its loss
 subtracts L_pred. W is NOT detached: the encoder gets gradient through the closed form, as officially.
 
-Run:        python sslpm.py                              (CPU recipe on shapes: ~1 min of CPU, 2-3 min on a busy 2-core machine)
+Run:        python sslpm.py                              (CPU recipe on shapes: about a minute on 2 cores)
             python sslpm.py --dataset cifar100           (paper recipe: ResNet-18, 1000 epochs, GPU)
             python sslpm.py --predictor mlp --predictor-layers 1     (SSLPM-SGD 1l)
             python sslpm.py --lambda 0                   (Table 2's ablation: invariance only)
             torchrun --standalone --nproc_per_node=4 sslpm.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   paper Table 1 (online probe, 1000 epochs): SSLPM-RR 92.70 (CIFAR-10) / 70.46 (CIFAR-100);
-            SSLPM-SGD 1l 90.39 / 67.74, 3l 86.69 / 47.65; lambda = 0: 77.71 / 34.05 (Table 2).
-            Measured here (CPU recipe, kNN accuracy, random init -> after 10 epochs, seeds 0/1/2,
-            benchmarks/recipes.py):
-            SSLPM-RR        shapes 0.208 -> 0.299, 0.202 -> 0.306, 0.224 -> 0.299 (margin +9.1/+10.5/+7.6)
-                            digits 0.791 -> 0.891, 0.721 -> 0.897, 0.758 -> 0.903 (+10.0/+17.5/+14.5)
-            with the `moderate` policy (the first recipe) it gained only +8.0/+4.7/+1.7 on shapes and
-            -4.2/+1.9/+0.8 on digits (10 epochs).
-            lambda = 0      shapes 0.208 -> 0.200, 0.202 -> 0.200 (seeds 0/1, moderate: no learning;
-                            Table 2's direction)
-            SSLPM-SGD 1l    shapes 0.208 -> 0.266 (seed 0, moderate; the recipe caps the inner loop at
-                            50 steps; ~6 min)
-            No GPU run yet.
-Deviations (and SPEC.md decisions):
+            SSLPM-SGD 1l 90.39 / 67.74, 3l 86.69 / 47.65; lambda = 0: 77.71 / 34.05 (Table 2). This
+            repository's CPU recipe and the lambda = 0 ablation: see README Results.
+Deviations:
 - Loss scaling as the official code (cl_lin_pred_min.py): C divides by N with unbiased-std
   standardisation (so C_ii <= (N-1)/N), L_pred is multiplied by D (= --proj-dim) as well as lambda.
   Equation 11 has neither factor: lambda_paper = lambda * D.
@@ -58,8 +48,8 @@ Deviations (and SPEC.md decisions):
   BN), standardisation by unbiased std (official: BatchNorm1d, biased), and the encoder term uses the
   validation mask only (paper 3.4.1; official averages 10 masks, the first being M_V).
 - lambda defaults per variant (LAMBDA): the official configs' 0.15 (ridge), 64 (mlp, 1 layer), 0.5 (mlp,
-  3 layers); on shapes the ridge variant uses 1.0 (measured here: 0.15 at D = 64 let L_pred fall to 0.02,
-  redundant embeddings, kNN 0.208 -> 0.197; 1.0 and D = 32 keep L_pred near 0.65, the paper's Table 3 value).
+  3 layers); on shapes the ridge variant uses 1.0: with 0.15 the prediction loss fell towards 0 (redundant
+  embeddings, no learning), with 1.0 it stays near the 0.65 of the paper's Table 3 (benchmarks/recipes.py).
 - CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur).
 """
 import time
@@ -85,12 +75,11 @@ RECIPES = {
         ridge=0.0,            # ridge_lambd: 0 (2N = 512 rows >= D = 128)
         mask_fraction=0.5,    # mask_fraction: 0.5
     ),
-    # the CPU recipe (about a minute on 2 cores), measured here: see Expected in the docstring; paper
-    # 004's `small` policy beat `moderate` on shapes and digits (+9.1 vs +8.0 points on seed 0 shapes)
+    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
-                   proj_hidden=256, proj_dim=32, ridge=8.0,  # lr, projector, ridge: measured here
-                   predictor_steps=50),  # mlp: CPU time (500 inner steps: ~10 min), measured here
+                   proj_hidden=256, proj_dim=32, ridge=8.0,
+                   predictor_steps=50),  # mlp: at most 50 inner steps, for CPU time
     "cifar10": dict(),
     "cifar100": dict(),
     "stl10": dict(),      # the paper has no STL-10 run; 96 px images get the ImageNet stem
@@ -98,29 +87,30 @@ RECIPES = {
 }
 # --lambda when not given, per variant (it multiplies D * L_pred for ridge, log L_pred for mlp):
 # paper recipes: official cl_lin_pred_min.yaml (lamb 0.15), cl_non_lin_pred_minv6_1layer.yaml (pred_lamb 64)
-# and cl_non_lin_pred_minv6.yaml (pred_lamb 0.5); shapes: measured here
+# and cl_non_lin_pred_minv6.yaml (pred_lamb 0.5); shapes: measured (benchmarks/recipes.py)
 LAMBDA = {"paper": {"ridge": 0.15, "mlp1": 64.0, "mlp3": 0.5},
           "shapes": {"ridge": 1.0, "mlp1": 64.0, "mlp3": 0.5}}
 
 
 def get_args(argv=None):
     parser = common.get_parser("sslpm", __doc__, RECIPES)
-    parser.add_argument("--lambda", dest="lambd", type=common.nonnegative(float), default=None,
-                        help="weight of the prediction term; 0 = Table 2 ablation (default: per variant, "
-                             "0.15 ridge, 64 mlp 1 layer, 0.5 mlp 3 layers; official configs)")
-    parser.add_argument("--predictor", default="ridge", choices=["ridge", "mlp"],
-                        help="ridge: SSLPM-RR closed form (section 3.4.2); mlp: SSLPM-SGD (section 3.4.1)")
-    parser.add_argument("--ridge", type=common.nonnegative(float), default=0.0, help="ridge penalty mu (eq. 12)")
-    parser.add_argument("--target", default="full", choices=["full", "masked"],
-                        help="ridge target: full e (eq. 15) or M * e (appendix B, eq. 17)")
-    parser.add_argument("--mask-fraction", type=common.checked(float, lambda v: 0 < v < 1, "in (0, 1)"),
-                        default=0.5, help="probability that an entry is hidden (paper: 1/2)")
-    parser.add_argument("--predictor-layers", type=int, choices=[1, 3], default=1,
-                        help="mlp: 1 = one linear layer (SSLPM-SGD 1l), 3 = two hidden layers of 128 (3l)")
-    parser.add_argument("--predictor-steps", type=common.positive(int), default=500,
-                        help="mlp: most inner steps per encoder step (appendix E)")
-    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="official cifar")
-    parser.add_argument("--proj-dim", type=common.positive(int), default=128, help="official cifar (D)")
+    flags = parser.add_argument_group("SSLPM (this file's flags)")
+    flags.add_argument("--lambda", dest="lambd", type=common.nonnegative(float), default=None,
+                       help="weight of the prediction term; 0 = Table 2 ablation (default: per variant, "
+                            "0.15 ridge, 64 mlp 1 layer, 0.5 mlp 3 layers; official configs)")
+    flags.add_argument("--predictor", default="ridge", choices=["ridge", "mlp"],
+                       help="ridge: SSLPM-RR closed form (section 3.4.2); mlp: SSLPM-SGD (section 3.4.1)")
+    flags.add_argument("--ridge", type=common.nonnegative(float), default=0.0, help="ridge penalty mu (eq. 12)")
+    flags.add_argument("--target", default="full", choices=["full", "masked"],
+                       help="ridge target: full e (eq. 15) or M * e (appendix B, eq. 17)")
+    flags.add_argument("--mask-fraction", type=common.checked(float, lambda v: 0 < v < 1, "in (0, 1)"),
+                       default=0.5, help="probability that an entry is hidden (paper: 1/2)")
+    flags.add_argument("--predictor-layers", type=int, choices=[1, 3], default=1,
+                       help="mlp: 1 = one linear layer (SSLPM-SGD 1l), 3 = two hidden layers of 128 (3l)")
+    flags.add_argument("--predictor-steps", type=common.positive(int), default=500,
+                       help="mlp: most inner steps per encoder step (appendix E)")
+    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="official cifar")
+    flags.add_argument("--proj-dim", type=common.positive(int), default=128, help="official cifar (D)")
     args = common.parse_args(parser, argv)
     if args.lambd is None:
         variant = "ridge" if args.predictor == "ridge" else f"mlp{args.predictor_layers}"
@@ -249,8 +239,8 @@ class Model(nn.Module):
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
     args = get_args(argv)
-    run = common.Run(args, __file__)
-    device = run.device
+    device = common.setup_device(args)        # cuda, mps or cpu; under torchrun also joins the process group
+    run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
@@ -259,11 +249,11 @@ def main(argv=None):
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
-    stateful = dict(model=model, optimizer=optimizer, probe=probe)
+    state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds
     if args.predictor == "mlp":
-        stateful["predictor"] = predictor = MLPPredictor(args.proj_dim, args.predictor_layers, device,
+        state["predictor"] = predictor = MLPPredictor(args.proj_dim, args.predictor_layers, device,
                                                          args.predictor_steps, args.mask_fraction)
-    start = run.start(data, model.backbone, **stateful)
+    start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
     for epoch in range(start, args.epochs):
@@ -279,7 +269,7 @@ def main(argv=None):
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
                 h1, z1 = net(x1)
-                h2, z2 = net(x2)
+                _, z2 = net(x2)
             z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
             mask = random_mask(2 * len(z1), z1.shape[1], args.mask_fraction, device)  # (2N, D)
             extra = {}
@@ -300,9 +290,21 @@ def main(argv=None):
             meter.add(loss=loss, invariance=invariance, prediction=prediction, probe_loss=probe_loss, **extra)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
-        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            return  # --stop-after
+        row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
+               "images_per_sec": len(loader) * args.batch_size / seconds,
+               "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
+        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            row.update(common.evaluate(model.backbone, probe, data, device))
+        if args.track_every and (epoch + 1) % args.track_every == 0:
+            import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+        run.log(row)                 # log.jsonl, and one printed line
+        run.save(epoch + 1, state)   # last.pt, atomically
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            return run.stopped(epoch + 1)
     run.finish(model.backbone, data)
 
 

@@ -2,34 +2,28 @@
 
 Two augmented views of each image go through the backbone f and the expander (projector) g; the
 embeddings z1, z2 (N x D) are pulled together while each view's batch statistics are regularised, so
-no negatives, momentum encoder or predictor are needed (VICReg paper eq. 1-6; paper 001 eq. 2-5):
+no negatives, momentum encoder or predictor are needed (VICReg paper eq. 1-6; "Preventing Collapses
+in Non-Contrastive Self-Supervised Learning" eq. 2-5):
     invariance = 1/(N D) sum_{n,d} (z1_nd - z2_nd)^2                     mean squared error
     variance   = 1/2 sum_{v=1,2} 1/D sum_d relu(1 - sqrt(Var_n(zv_nd) + 1e-4))    hinge on each std
     covariance = sum_{v=1,2} 1/D sum_{i != j} Cov(zv)_ij^2,  Cov(z) = (z - mean)^T (z - mean) / (N - 1)
     L = 25 * invariance + 25 * variance + 1 * covariance
 Without the variance term the embeddings collapse to a constant (total collapse); without the
-covariance term the dimensions become correlated (dimensional collapse): paper 001 section 4.1,
-Figure 8. Both ablations are flags: --std-coeff 0, --cov-coeff 0. Every epoch logs embedding_std,
+covariance term the dimensions become correlated (dimensional collapse): "Preventing Collapses"
+section 4.1, Figure 8. Both ablations are flags: --std-coeff 0, --cov-coeff 0. Every epoch logs embedding_std,
 the mean over dimensions of the per-dimension standard deviation of the projector output on the
 training batches (it falls to 0 under total collapse).
 
 Run:        python vicreg.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
             python vicreg.py                                    (shapes, CPU recipe, about a minute)
-            python vicreg.py --std-coeff 0                      (paper 001 ablation: total collapse)
-            python vicreg.py --cov-coeff 0                      (paper 001 ablation: dimensional collapse)
+            python vicreg.py --std-coeff 0                      (ablation: total collapse)
+            python vicreg.py --cov-coeff 0                      (ablation: dimensional collapse)
             torchrun --standalone --nproc_per_node=4 vicreg.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 68.54% (CIFAR-100) / 92.07% (CIFAR-10) top-1 for its
-            cifar/vicreg.yaml at 1000 epochs (one README version labels the column online). Measured here
-            (CPU recipe, kNN accuracy at random initialisation -> after 10 epochs, seeds 0-2):
-            shapes 0.208 -> 0.290, 0.202 -> 0.297, 0.224 -> 0.300 (margin 7.7-9.5 points);
-            scikit-learn digits (benchmarks/recipes.py) 0.791 -> 0.894, 0.721 -> 0.930, 0.758 -> 0.866.
-            Final-epoch embedding_std on shapes (seed 0): 0.88 (full loss, kNN 0.290), 0.0048 with
-            --std-coeff 0 (total collapse, kNN 0.182, below the 0.208 at random initialisation), 1.14
-            with --cov-coeff 0 (not collapsed to a point, but its covariance term is 437 against 4.8 with
-            the full loss: correlated dimensions; kNN 0.228).
-            No GPU run yet.
+            cifar/vicreg.yaml at 1000 epochs (one README version labels the column online). This
+            repository's CPU recipe and its two ablations: see README Results.
 Deviations:
-- Loss conventions follow the official code (facebookresearch/vicreg, SPEC.md): the variance term is
+- Loss conventions follow the official code (facebookresearch/vicreg): the variance term is
   the mean over the two views (divided by 2), the invariance MSE is averaged over the N*D entries
   (the paper's eq. 5 and 6 have neither the 1/D nor the 1/2); variance and covariance use the gathered
   global batch. Under torchrun the invariance is over the global batch too (official: per GPU; the
@@ -44,8 +38,8 @@ Deviations:
 - Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
 - Crops are resized bilinearly (solo-learn: bicubic).
 - The online probe uses AdamW on detached features (solo-learn: SGD in the same optimizer).
-- The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and paper
-  004's `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (RECIPES).
+- The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and the
+  `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (benchmarks/recipes.py).
 """
 import time
 
@@ -72,10 +66,7 @@ RECIPES = {
         std_coeff=25.0,       # var_loss_weight
         cov_coeff=1.0,        # cov_loss_weight
     ),
-    # the CPU recipe (about a minute on 2 cores), measured here: see the module docstring
-    # (simclr.py's data, network and AdamW schedule). Measured here, kNN gain at seed 0 in points, projector
-    # 512-512-128: policy small +8.3, moderate +4.5 (lr 5e-3: +3.2; proj_dim 64: +2.2), large -2.1;
-    # policy vicreg with projector 512-512-512: -1.7, 256-256-64: +1.3. Small crops of 16 px shapes hurt.
+    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=512, proj_dim=128),
@@ -88,13 +79,14 @@ RECIPES = {
 
 def get_args(argv=None):
     parser = common.get_parser("vicreg", __doc__, RECIPES)
-    parser.add_argument("--sim-coeff", type=common.nonnegative(float), default=25.0, help="invariance weight")
-    parser.add_argument("--std-coeff", type=common.nonnegative(float), default=25.0,
-                        help="variance weight (0: paper 001's no-variance ablation, total collapse)")
-    parser.add_argument("--cov-coeff", type=common.nonnegative(float), default=1.0,
-                        help="covariance weight (0: paper 001's no-covariance ablation, dimensional collapse)")
-    parser.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
-    parser.add_argument("--proj-dim", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags = parser.add_argument_group("VICReg (this file's flags)")
+    flags.add_argument("--sim-coeff", type=common.nonnegative(float), default=25.0, help="invariance weight")
+    flags.add_argument("--std-coeff", type=common.nonnegative(float), default=25.0,
+                       help="variance weight (0: the no-variance ablation, total collapse)")
+    flags.add_argument("--cov-coeff", type=common.nonnegative(float), default=1.0,
+                       help="covariance weight (0: the no-covariance ablation, dimensional collapse)")
+    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags.add_argument("--proj-dim", type=common.positive(int), default=2048, help="solo-learn cifar")
     return common.parse_args(parser, argv)
 
 
@@ -106,28 +98,28 @@ def off_diagonal(m):
 
 
 def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
-    """VICReg loss of two views' embeddings z1, z2: (N, D), row i of each from image i (this process's
-    rows; gathered here). Returns (loss, terms) with the unweighted terms {"invariance", "variance",
-    "covariance"}."""
-    z1, z2 = common.gather(z1.float()), common.gather(z2.float())          # global batch (N_all, D) each
+    """VICReg loss of two views' embeddings z1, z2: (N, D), row i of each from image i (the whole
+    batch: under torchrun the caller gathers it). Returns (loss, terms) with the unweighted terms
+    {"invariance", "variance", "covariance"}."""
+    z1, z2 = z1.float(), z2.float()                                        # (N, D) each, float32
     invariance = F.mse_loss(z1, z2)                                        # VICReg eq. 5, here also / D
     variance, covariance = 0.0, 0.0
     for z in (z1, z2):
         n, d = z.shape
-        z = z - z.mean(dim=0)                                              # (N_all, D) centred
+        z = z - z.mean(dim=0)                                              # (N, D) centred
         std = torch.sqrt(z.var(dim=0) + 1e-4)                              # (D,) VICReg eq. 2, epsilon 1e-4
         variance = variance + F.relu(1 - std).mean() / 2                   # eq. 1, gamma 1; / 2: official
         cov = z.T @ z / (n - 1)                                            # (D, D) eq. 3
         covariance = covariance + off_diagonal(cov).pow(2).sum() / d       # eq. 4, summed over the 2 views
-    loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance   # eq. 6 (paper 001 eq. 2)
+    loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance   # eq. 6
     return loss, {"invariance": invariance, "variance": variance, "covariance": covariance}
 
 
 @torch.no_grad()
 def embedding_std(z1, z2):
-    """Mean over dimensions of the per-dimension std of the embeddings (global batch), averaged over
-    the 2 views."""
-    return sum(common.gather(z.float()).std(dim=0).mean() for z in (z1, z2)) / 2
+    """Mean over dimensions of the per-dimension std of the embeddings z1, z2 (N, D), averaged over
+    the 2 views: about 1 when spread, 0 under total collapse."""
+    return sum(z.float().std(dim=0).mean() for z in (z1, z2)) / 2
 
 
 # --------------------------------------------------------------------------------------- model
@@ -148,8 +140,8 @@ class Model(nn.Module):
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
     args = get_args(argv)
-    run = common.Run(args, __file__)
-    device = run.device
+    device = common.setup_device(args)        # cuda, mps or cpu; under torchrun also joins the process group
+    run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
     loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
@@ -158,7 +150,8 @@ def main(argv=None):
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)
     optimizer = common.make_optimizer(model, args)
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
-    start = run.start(data, model.backbone, model=model, optimizer=optimizer, probe=probe)
+    state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds
+    start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
     for epoch in range(start, args.epochs):
@@ -174,7 +167,8 @@ def main(argv=None):
                 x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
                 h1, z1 = net(x1)
-                h2, z2 = net(x2)
+                _, z2 = net(x2)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
             loss, terms = vicreg_loss(z1, z2, args.sim_coeff, args.std_coeff, args.cov_coeff)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -183,9 +177,21 @@ def main(argv=None):
             meter.add(loss=loss, **terms, embedding_std=embedding_std(z1, z2), probe_loss=probe_loss)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+        # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
-        if run.end_epoch(epoch, meter, lr, seconds, len(loader) * args.batch_size, model.backbone, probe, data):
-            return  # --stop-after
+        row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
+               "images_per_sec": len(loader) * args.batch_size / seconds,
+               "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
+        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            row.update(common.evaluate(model.backbone, probe, data, device))
+        if args.track_every and (epoch + 1) % args.track_every == 0:
+            import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+        run.log(row)                 # log.jsonl, and one printed line
+        run.save(epoch + 1, state)   # last.pt, atomically
+        if args.stop_after and epoch + 1 >= args.stop_after:
+            return run.stopped(epoch + 1)
     run.finish(model.backbone, data)
 
 

@@ -21,6 +21,18 @@ The machine this runs on may be shared (on this project's, a pipeline's speed dr
 second to the next): the three are measured in turn, --rounds times, the first two on the same --n
 images, and each figure is its best round. The batched path waits at every op for all its threads:
 with other processes running, use --threads 1 --workers 1 for a like-for-like comparison on one core.
+
+Why common.py's augmentation is written as it is (each choice measured with this script on the CPU; the
+values are torchvision's, tests/test_augment.py):
+- every op runs only on the samples it applies to, gathered with index_select: x[idx] fancy indexing is
+  several times slower than index_select, and torch.where with a per-sample mask computes the op for
+  every sample of the batch;
+- the resized crop is two matrix products per sample, rows then columns, with the channels folded into
+  the inner dimension: much faster than gathers, and than broadcasting the interpolation matrices over
+  the channels (C times as many small products);
+- the hue rotation uses arithmetic masks (1 - sign(d) of differences d >= 0) and y - m floor(y / m) for
+  y mod m: comparisons, torch.where, fmod and remainder are several times slower on the CPU, and
+  x.max(1) slower than elementwise maximum; before these changes hue took 25-50% of the pipeline.
 """
 import argparse
 import os

@@ -43,7 +43,7 @@ def timed(fn):
 
 def lr_loop(x, targets, ridges, test_fraction=0.2, val_fraction=0.2, seed=0):
     """LR the usual way: for each target its own design matrix X_-j, Gram and solve per ridge value."""
-    x = M.standardize(x)
+    x = M.zscore(x)
     train, test, fit, val, _ = M._split(len(x), x.shape[1], 1.0, test_fraction, val_fraction, seed)
     out = []
     for j in targets:
@@ -61,7 +61,7 @@ def lr_loop(x, targets, ridges, test_fraction=0.2, val_fraction=0.2, seed=0):
 def nlr_loop(x, targets, steps, batch_size=256, lr=1e-3, seed=0):
     """NLR the usual way: one nn.Sequential MLP and one Adam per target, trained one after the other."""
     g = torch.Generator().manual_seed(seed)
-    x = M.standardize(x).float()
+    x = M.zscore(x).float()
     train, test, _, _, _ = M._split(len(x), x.shape[1], 1.0, 0.2, 0.2, seed)
     out = []
     for j in targets:
@@ -106,7 +106,7 @@ def main():
         m = min(2048, args.n)
         views = (r[:m], r[:m] + 0.1, z[:m], z[:m] + 0.1 * torch.randn(m, args.d))
         w = torch.randn(args.d, 128)
-        rows = [("standardize", lambda: M.standardize(r)),
+        rows = [("zscore", lambda: M.zscore(r)),
                 ("average_absolute_correlation", lambda: M.average_absolute_correlation(r)),
                 ("average_correlation", lambda: M.average_correlation(r)),
                 ("linear_redundancy (all, 5 ridges)", lambda: M.linear_redundancy(r)),

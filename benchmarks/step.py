@@ -43,8 +43,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
-# name: (method file, extra flags); at most 1.15x VICReg is the target for the marked ones (issue 11:
-# paper 003 Table 12 reports 1.33x for AdaDim, the CorInfoMax thesis Table 5.8 up to 1.14x)
+# name: (method file, extra flags); at most 1.15x VICReg is the target for the marked ones (the
+# AdaDim paper's Table 12 reports 1.33x for AdaDim, the CorInfoMax thesis Table 5.8 up to 1.14x)
 METHODS = {"vicreg": ("vicreg", []), "barlow": ("barlow", []), "simclr": ("simclr", []),
            "corinfomax": ("corinfomax", []), "adadim": ("adadim", []),
            "sslpm-rr": ("sslpm", []), "sslpm-sgd": ("sslpm", ["--predictor", "mlp"])}

@@ -9,6 +9,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# A run of a few seconds on shapes: a width-4 ResNet-18, 256 training images, kNN and probe every epoch.
+TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
+        "--warmup-epochs", "1", "--eval-every", "1"]
+
 
 def run_script(script, *args, env=None, check=True):
     """Run `python <script> args...` from the repository root as a user would; returns the result."""

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TINY = ["--dataset", "shapes", "--train-subset", "64", "--batch-size", "32", "--epochs", "1",
+FLAGS = ["--dataset", "shapes", "--train-subset", "64", "--batch-size", "32", "--epochs", "1",
         "--optimizer", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--eval-every", "1"]
 RUNS = {  # run name -> (method file, its flags)
     "simclr": ("simclr", []),
@@ -25,7 +25,7 @@ RUNS = {  # run name -> (method file, its flags)
 
 def argv(name, out):
     method, flags = RUNS[name]
-    return method, [*TINY, *flags, "--out", out, "--name", name]
+    return method, [*FLAGS, *flags, "--out", out, "--name", name]
 
 
 if __name__ == "__main__":

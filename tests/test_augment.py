@@ -4,7 +4,7 @@ Every op is checked against an independent reference: torchvision's functional o
 (torchvision.transforms.v2.functional) applied one image at a time to float images in [0, 1]
 with the same parameters. The whole pipeline is rebuilt per sample from those ops, the random
 parameters are checked against the policies' probabilities and ranges, and the policies
-themselves against paper 004 Table 2 and CorInfoMax thesis Table B.1.
+themselves against Table 2 of "Toward a Geometrical Understanding" (arXiv 2205.06926) and CorInfoMax thesis Table B.1.
 """
 import itertools
 import math
@@ -451,7 +451,7 @@ def test_each_view_uses_its_own_spec(monkeypatch):
 @pytest.mark.parametrize("name,scale,flip,s", [("small", 0.9, 0.0, 0.05), ("moderate", 0.5, 0.5, 0.25),
                                                ("large", 0.08, 0.5, 0.5)])
 def test_strength_policies_are_paper_004_table_2(name, scale, flip, s):
-    # Paper 004 Table 2: crop scale, flip probability, jitter (0.8s, 0.8s, 0.8s, 0.2s) at p 0.8,
+    # "Toward a Geometrical Understanding" Table 2: crop scale, flip probability, jitter (0.8s, 0.8s, 0.8s, 0.2s) at p 0.8,
     # grayscale 0.2, no blur or solarize; the same spec for both views.
     views = common.POLICIES[name]
     assert len(views) == 2 and views[0] == views[1]

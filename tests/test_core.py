@@ -29,12 +29,6 @@ def test_loader_every_index_once_per_epoch_and_drop_last():
     assert seen_epochs[0] != seen_epochs[1]  # reshuffled each epoch
 
 
-def test_loader_without_drop_last_or_shuffle_covers_everything_in_order():
-    loader = common.Loader(torch.zeros(7, 3, 2, 2, dtype=torch.uint8), torch.arange(7), 3,
-                           torch.device("cpu"), shuffle=False, drop_last=False)
-    assert torch.equal(torch.cat([y for _, y in loader]), torch.arange(7))
-
-
 def test_loader_rejects_batch_larger_than_dataset():
     with pytest.raises(SystemExit, match="--batch-size 8 is larger than the training set"):
         common.Loader(torch.zeros(5, 3, 2, 2, dtype=torch.uint8), torch.arange(5), 8, torch.device("cpu"))

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import read_log, run_script
+from conftest import TINY, read_log, run_script
 
 import corinfomax
 import simclr
@@ -198,8 +198,6 @@ def test_projector_has_no_batchnorm_no_last_bias_and_unit_outputs():
 
 
 # ------------------------------------------------------------------------------ the script itself
-TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "256",
-        "--warmup-epochs", "1", "--eval-every", "1"]
 
 
 
@@ -255,10 +253,7 @@ def test_resume_is_exact_including_the_loss_state(tmp_path):
     assert ra["knn_acc"] == rb["knn_acc"] and ra["eigenvalues_R1"] == rb["eigenvalues_R1"]
 
 
-# Learning: the shapes recipe (seed 0 in the fixture). Measured with benchmarks/recipes.py, kNN accuracy at
-# random initialisation -> after training (seeds 0-2): 0.208 -> 0.329, 0.202 -> 0.326, 0.224 -> 0.322,
-# margins 12.1, 12.4 and 9.8 points. The bound is about half the smallest margin seen.
-LEARN_MIN_MARGIN = 0.045
+LEARN_MIN_MARGIN = 0.045  # about half the smallest kNN margin over seeds 0-2 in README Results
 
 
 def test_corinfomax_learns_on_shapes(recipe_run):
@@ -285,15 +280,12 @@ def projection_spectrum(run_dir, module):
 
 
 def test_no_dimensional_collapse_where_simclr_has_a_collapsed_tail(recipe_run, tmp_path):
-    """Paper 002 Figure 5.3 at small scale: the projector covariance of CorInfoMax keeps every eigenvalue
-    well above zero; SimCLR with the same hidden width and output dimension (256 -> 32) and the same
-    augmentation has a collapsed tail. Both run their shapes recipes with paper 004's `moderate`
-    policy: contrastive learning's dimensional collapse comes with strong augmentation (Jing et al.
-    2022), and with the recipes' weak `small` policy SimCLR's tail does not collapse (smallest / mean
-    eigenvalue 0.107 against CorInfoMax's 0.498, seed 0). Measured with `moderate` (seed 0, smallest
-    eigenvalue / mean eigenvalue of the covariance of normalised test projections): CorInfoMax 0.163,
-    SimCLR 0.0029. Bounds are about 3x and 7x looser than the measured values. R1 is the recipe run's:
-    smallest eigenvalue 0.00095 (mean 0.026) measured with `moderate`."""
+    """CorInfoMax thesis Figure 5.3 at small scale: the projector covariance of CorInfoMax keeps every
+    eigenvalue well above zero; SimCLR with the same hidden width and output dimension (256 -> 32) and
+    the same augmentation has a collapsed tail. Both run their shapes recipes with the `moderate` policy:
+    contrastive learning's dimensional collapse comes with strong augmentation (Jing et al. 2022), and
+    with the recipes' weak `small` policy SimCLR's tail does not collapse. The bounds are about 3x and 7x
+    looser than the ratios measured at this setting (README Results: 0.163 and 0.0029)."""
     strong = ["--seed", 0, "--policy", "moderate", "--out", tmp_path]
     run_script("simclr.py", *strong, "--proj-hidden", 256, "--proj-dim", 32, "--name", "simclr")
     run_script("corinfomax.py", *strong, "--name", "corinfomax")

@@ -1,5 +1,5 @@
 """Several processes (torchrun, gloo on CPU): N processes with per-process batch B train exactly like
-one process with batch N x B on the same samples (issue 12).
+one process with batch N x B on the same samples.
 
 How BatchNorm is handled: under torchrun every BatchNorm becomes a synchronised one (torch's
 SyncBatchNorm on CUDA; on CPU, where torch's refuses to run, common.CPUSyncBatchNorm), so the 2-process
@@ -136,7 +136,7 @@ def test_a_failing_process_stops_the_job_with_a_one_line_error(tmp_path, case):
         expected = "error: --data-dir"
     else:
         flags = ["--lr=-1"] if case == "bad flag" else ["--dataset", "imagefolder", "--data-dir", tmp_path / "none"]
-        result = torchrun("simclr.py", *worker.TINY, *flags, "--out", tmp_path, timeout=120)
+        result = torchrun("simclr.py", *worker.FLAGS, *flags, "--out", tmp_path, timeout=120)
         expected = "argument --lr: must be positive" if case == "bad flag" else "error: --data-dir"
     assert result.returncode != 0 and time.time() - start < 120
     lines = our_lines(result)

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-TINY = ["--dataset", "shapes", "--width", "4", "--batch-size", "64", "--train-subset", "128",
-        "--epochs", "1", "--warmup-epochs", "0"]
+from conftest import TINY
+
+ONE_EPOCH = [*TINY, "--train-subset", "128", "--epochs", "1", "--warmup-epochs", "0"]
 
 
 def one_line_error(result, *needles):
@@ -30,7 +31,7 @@ def one_line_error(result, *needles):
     ("--linear-epochs", "-1", ["--linear-epochs"]),
 ])
 def test_bad_flag_values(run, tmp_path, flag, value, needles):
-    one_line_error(run("simclr.py", *TINY, "--out", tmp_path, flag, value, check=False), *needles)
+    one_line_error(run("simclr.py", *ONE_EPOCH, "--out", tmp_path, flag, value, check=False), *needles)
     assert not os.listdir(tmp_path)  # nothing written
 
 
@@ -49,7 +50,7 @@ def test_failed_download_says_what_to_fetch_and_where(run, tmp_path):
 
 
 def test_batch_larger_than_dataset(run, tmp_path):
-    result = run("simclr.py", *TINY, "--batch-size", "512", "--out", tmp_path, check=False)
+    result = run("simclr.py", *ONE_EPOCH, "--batch-size", "512", "--out", tmp_path, check=False)
     one_line_error(result, "--batch-size 512", "128 images")
 
 
@@ -58,11 +59,11 @@ def digest(path):
 
 
 def test_existing_run_is_never_overwritten(run, tmp_path):
-    run("simclr.py", *TINY, "--out", tmp_path, "--name", "r")
+    run("simclr.py", *ONE_EPOCH, "--out", tmp_path, "--name", "r")
     ckpt = tmp_path / "r" / "last.pt"
     before = digest(ckpt)
     # a new run pointed at the same folder
-    one_line_error(run("simclr.py", *TINY, "--out", tmp_path, "--name", "r", check=False), "--name", "--resume")
+    one_line_error(run("simclr.py", *ONE_EPOCH, "--out", tmp_path, "--name", "r", check=False), "--name", "--resume")
     # a resume that contradicts the saved arguments
     one_line_error(run("simclr.py", "--resume", tmp_path / "r", "--lr", "9", check=False), "--lr", "saved")
     # a resume of a folder with no checkpoint
@@ -71,7 +72,7 @@ def test_existing_run_is_never_overwritten(run, tmp_path):
 
 
 def test_corrupt_checkpoint(run, tmp_path):
-    run("simclr.py", *TINY, "--out", tmp_path, "--name", "r")
+    run("simclr.py", *ONE_EPOCH, "--out", tmp_path, "--name", "r")
     ckpt = tmp_path / "r" / "last.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a full disk
     before = digest(ckpt)
@@ -80,7 +81,7 @@ def test_corrupt_checkpoint(run, tmp_path):
 
 
 def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
-    run("simclr.py", *TINY, "--epochs", "2", "--stop-after", "1", "--out", tmp_path, "--name", "r")
+    run("simclr.py", *ONE_EPOCH, "--epochs", "2", "--stop-after", "1", "--out", tmp_path, "--name", "r")
     ckpt = tmp_path / "r" / "last.pt"
     before = digest(ckpt)
     # epoch 2 with an absurd learning rate: written into the saved args to keep the resume honest
@@ -96,7 +97,7 @@ def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
 def test_unwritable_out_folder(run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    one_line_error(run("simclr.py", *TINY, "--out", blocker / "runs", check=False), "--out", "cannot create")
+    one_line_error(run("simclr.py", *ONE_EPOCH, "--out", blocker / "runs", check=False), "--out", "cannot create")
 
 
 def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -139,7 +140,7 @@ def test_short_write_is_caught_by_the_read_back(tmp_path, monkeypatch):
 
 
 def test_resume_of_a_finished_run_says_so(run, tmp_path):
-    run("simclr.py", *TINY, "--out", tmp_path, "--name", "r")
+    run("simclr.py", *ONE_EPOCH, "--out", tmp_path, "--name", "r")
     before = digest(tmp_path / "r" / "last.pt")
     result = run("simclr.py", "--resume", tmp_path / "r")
     assert "finished all its 1 epochs" in result.stdout and "--epochs" in result.stdout
@@ -153,7 +154,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     import time
 
     from conftest import ROOT
-    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), *TINY, "--epochs", "20", "--out", str(tmp_path),
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), *ONE_EPOCH, "--epochs", "20", "--out", str(tmp_path),
            "--name", "r"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -186,7 +187,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
     import torch
 
     from conftest import ROOT
-    tiny = [*TINY, "--epochs", "12", "--eval-every", "1", "--out", str(tmp_path)]
+    tiny = [*ONE_EPOCH, "--epochs", "12", "--eval-every", "1", "--out", str(tmp_path)]
     run("simclr.py", *tiny, "--name", "straight")
     rng, kills, d = random.Random(0), 0, tmp_path / "killed"
     lines = lambda: len(open(d / "log.jsonl").readlines()) if (d / "log.jsonl").exists() else 0

@@ -1,5 +1,5 @@
 """metrics.py: every measure against a closed form or an independent computation (never against
-itself), the theory of paper 000 (Theorem 3.2, Example 3.1, Corollaries 3.3 and 3.5), tracking,
+itself), the theory of the SSLPM paper (Theorem 3.2, Example 3.1, Corollaries 3.3 and 3.5), tracking,
 and the report CLI end to end on a short shapes run."""
 import json
 import math
@@ -31,7 +31,7 @@ def gaussian_pairs(n, rhos, seed=0):
 
 # ------------------------------------------------------------------------------------ redundancy
 def test_example_3_1_lr_one_and_aac_closed_form():
-    # paper 000 Example 3.1: X_1..X_{d-1} uncorrelated, X_d = (X_1 + ... + X_{d-1}) / sqrt(d - 1).
+    # SSLPM paper Example 3.1: X_1..X_{d-1} uncorrelated, X_d = (X_1 + ... + X_{d-1}) / sqrt(d - 1).
     # Orthonormal columns make the sample correlations exact: AAC = sqrt(d - 1) / C(d, 2) (eq. 8).
     for d in (4, 7):
         x = orthonormal_columns(3000, d - 1, seed=d) * math.sqrt(3000)
@@ -188,7 +188,7 @@ def test_gaussian_mutual_information_schur_forms_agree():
     assert M.gaussian_mutual_information(x, y) == pytest.approx(-0.5 * math.log(1 - 0.36), abs=0.01)
 
 
-def explicit_renyi_mi(r, z):  # paper 003 A.6 with the n x n matrices, eigenvalues, no shortcuts
+def explicit_renyi_mi(r, z):  # AdaDim paper A.6 with the n x n matrices, eigenvalues, no shortcuts
     r, z = torch.nn.functional.normalize(r.double(), dim=1), torch.nn.functional.normalize(z.double(), dim=1)
     n = len(r)
 
@@ -256,7 +256,7 @@ def test_alignment():
     assert M.alignment(x, 3 * x) == pytest.approx(0, abs=1e-12) and M.alignment(x, -x) == pytest.approx(4)
 
 
-def infonce_loop(f1, f2, beta):  # paper 004 eq. 1 one anchor at a time, with D_-i and its entropy
+def infonce_loop(f1, f2, beta):  # arXiv 2205.06926 eq. 1 one anchor at a time, with D_-i and its entropy
     f1 = [v / v.norm() for v in f1.double()]
     f2 = [v / v.norm() for v in f2.double()]
     n, loss, entropy = len(f1), 0.0, 0.0
@@ -428,7 +428,7 @@ def test_cli_bad_input(tmp_path, capsys, checkpoint, case, needles):
 
 
 def test_track_every_logs_the_measures_from_a_method_script(run, tmp_path):
-    """--track-every K (common.track -> metrics.track) adds the measures to log.jsonl every K epochs,
+    """--track-every K (each method's epoch-end call of metrics.track) adds the measures to log.jsonl every K epochs,
     computed on the same test images each time; a linear projector adds its numerical rank."""
     run("simclr.py", "--width", "4", "--batch-size", "64", "--train-subset", "256", "--epochs", "2",
         "--warmup-epochs", "0", "--track-every", "2", "--projector", "linear", "--proj-dim", "16",
