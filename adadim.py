@@ -5,7 +5,8 @@ VICReg (feature decorrelation) dominates while the embedding space is low-dimens
 (sample uniformity) takes over as its effective rank grows, and a small term keeps the mutual
 information between the backbone's representation R and the projector's embedding Z up (eq. 5):
     L = (1 - beta) * [(1 - alpha) * L_VICReg + alpha * L_NCE] - beta * L_mut
-    alpha = ER(cat(Z, Z')) / min(2N, D)    mean over 10 random training batches, every 20 epochs
+    alpha = ER(Z) / min(b, F)              mean over 10 random training batches, every 20 epochs;
+                                           0 in the first 20 epochs, before it is first measured
     beta  = gamma * alpha                  gamma = 1e-4
     L_VICReg = 25 * invariance + 25 * variance + 1 * covariance      (VICReg's official conventions)
     L_NCE    = InfoNCE of SimCLR on L2-normalised embeddings, temperature 0.1, mean over 2N anchors
@@ -26,20 +27,30 @@ Expected:   paper Table 4 (ResNet-18, 1000 epochs, batch 256): 92.81% CIFAR-10 /
 Deviations:
 - Loss weights as equation 5 and the text (VICReg early, InfoNCE late, Figure 5c); the appendix A.3
   pseudocode swaps alpha and 1 - alpha and tests `alpha_epoch % current_epoch`: both slips.
-  Alpha is computed at the start of epochs 0, e, 2e, ... (e = --alpha-every) right after the epoch is
-  reseeded, on 10 freshly drawn and augmented batches in train mode (BatchNorm buffers restored after).
+- Alpha follows section 4's text: ER(Z) of one view's embeddings (b, F) over min(b, F), averaged over 10
+  batches, alpha = 0 until the first measurement at the end of the first window (the text: alpha "will
+  gradually transition from 0 to 1"). The pseudocode measures ER(cat(z1, z2)) / min(2b, F), from epoch 0
+  on the random network, which starts a run mostly InfoNCE (alpha about 0.7). Alpha is measured at the
+  start of epochs e, 2e, ... (e = --alpha-every), right after the epoch is reseeded, on freshly drawn
+  and augmented batches in train mode (BatchNorm buffers restored after).
 - H_2 is the order-2 Renyi entropy of appendix A.6 (-log tr K^2); section 4 prints a factor 1/2.
   Gram matrices are divided by their trace (= n for unit rows), so the Hadamard one is trace 1 too.
 - Momentum encoder (A.3): EMA of backbone + projector parameters, momentum 0.996 rising to 1 on a
   cosine over the steps (BYOL), updated after each optimizer step; it runs in train mode without
   gradient. As the pseudocode: VICReg and InfoNCE averaged over (z1, z2m) and (z1m, z2), L_mut over
-  four pairs / 4 (the two momentum pairs carry no gradient), alpha from cat(z1, z2m).
+  four pairs / 4 (the two momentum pairs carry no gradient); alpha from the online z1 (text, above).
 - The expanded setting of Table 7 (SGD, ReSSL augmentation, 512-d projector output with a final
   BatchNorm, Table 8 offline evaluation) is not a recipe; pass its flags to approximate it.
 - VICReg as official code (variance term halved, invariance MSE over N * D entries); InfoNCE as
   simclr.py (mean over 2N anchors, log-sum-exp). LARS as simclr.py (solo-learn eta 0.02, clip).
 - --alpha-mode linear/cosine rise from 0 to 1 per epoch (Table 2 does not give their form);
   --beta-mode fixed uses beta = gamma throughout (Table 2's "beta = 1" rows).
+- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1; the paper's online numbers
+  (A.4.1) come from solo-learn's probe: SGD lr 0.1 with the encoder's schedule, both views. Compare
+  this file's probe accuracy with the paper's only loosely.
+- Table 9 recipes: stl10 is its STL10 baseline row (400 epochs, gamma 1e-2, ResNet-50); imagefolder is
+  its ImageNet100 baseline row (400 epochs, gamma -0.1, ResNet-18, batch 256; Table 4's caption says
+  batch 128). Crops are resized bilinearly (solo-learn: bicubic).
 """
 import copy
 import math
@@ -67,14 +78,14 @@ RECIPES = {
         proj_dim=2048,        # solo-learn cifar/vicreg.yaml, the paper's VICReg comparison (Table 10)
     ),
     # the CPU recipe, a minute or two on 2 cores: chosen by measurement (benchmarks/recipes.py); alpha is
-    # measured every epoch (the paper makes 20 measurements in 400 epochs; with 20 here it would be one)
+    # measured every epoch (the paper makes 20 measurements in 400 epochs; with 20 here there would be none)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=512, proj_dim=512, alpha_every=1),
     "cifar10": dict(),
     "cifar100": dict(),
-    "stl10": dict(epochs=400, gamma=1e-2),  # Table 9, STL10 baseline row (ResNet-50: --arch resnet50)
-    "imagefolder": dict(),
+    "stl10": dict(epochs=400, gamma=1e-2, arch="resnet50"),   # Table 9, STL10 baseline row
+    "imagefolder": dict(epochs=400, gamma=-0.1),              # Table 9, ImageNet100 baseline row (ResNet-18)
 }
 
 
@@ -92,8 +103,8 @@ def get_args(argv=None):
     flags.add_argument("--alpha-batches", type=common.positive(int), default=10, help="batches per alpha update")
     flags.add_argument("--momentum", type=common.in_range(float, 0, 1), default=0.0,
                        help="base EMA momentum of a momentum encoder (A.3, Table 8: 0.996); 0: none")
-    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048)
-    flags.add_argument("--proj-dim", type=common.positive(int), default=2048)
+    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), default=2048, help="projector output size D")
     return common.parse_args(parser, argv)
 
 
@@ -151,8 +162,11 @@ def renyi_mutual_information(r, z):
 
 
 def effective_rank(z):
-    """Roy & Vetterli 2007: exp(entropy of the singular values divided by their sum)."""
+    """Roy & Vetterli 2007, of the matrix as it is: exp(entropy of its singular values divided by their
+    sum), in [1, min(n, d)]; 0 for the zero matrix (no non-zero singular value)."""
     s = torch.linalg.svdvals(z.double())
+    if s.sum() == 0:
+        return s.sum()
     p = s / s.sum()
     return torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum())             # 0 log 0 = 0
 
@@ -177,16 +191,20 @@ def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
 
 # ------------------------------------------------------------------------------ alpha and beta
 class AlphaSchedule:
-    """alpha, beta and the effective rank they came from. start_epoch(epoch, measure) re-measures at
-    epochs 0, every, 2 * every, ...; measure() returns (effective rank, effective rank / min dim).
-    Saved in last.pt so a resumed run keeps the alpha of its current window."""
+    """alpha, beta and the effective rank alpha came from. Section 4: alpha "will gradually transition
+    from 0 to 1 during training as the dimensionality of the space increases", the dimensionality being
+    computed "after every e_alpha epochs of training": so alpha is 0 (pure VICReg) in the first window,
+    and start_epoch(epoch, measure) measures it at the start of epochs e, 2e, 3e, ... (e = --alpha-every),
+    i.e. at the end of each window; measure() returns (effective rank, effective rank / min(b, F)).
+    Saved in last.pt, so a resumed run keeps the alpha of its current window."""
     def __init__(self, args):
         self.mode, self.every, self.epochs, self.gamma = args.alpha_mode, args.alpha_every, args.epochs, args.gamma
         self.fixed_alpha, self.beta_mode = args.alpha, args.beta_mode
-        self.alpha = self.beta = self.effective_rank = 0.0
+        self.alpha = self.beta = 0.0
+        self.effective_rank = None  # not measured yet
 
     def start_epoch(self, epoch, measure):
-        if epoch % self.every == 0:  # measured in every mode, so that it is logged
+        if epoch > 0 and epoch % self.every == 0:  # measured in every mode, so that it is logged
             self.effective_rank, ratio = measure()
             if self.mode == "ada":
                 self.alpha = ratio
@@ -203,24 +221,22 @@ class AlphaSchedule:
 
 
 @torch.no_grad()
-def measure_alpha(online, second, images, augment, batch_size, batches, device):
-    """Mean effective rank of cat(z1, z2) over `batches` random training batches and its ratio to
-    min(2N, D) (section 4). `second` embeds view 2 (the momentum encoder in A.3). Train mode, as the
-    training step; BatchNorm running statistics are put back afterwards."""
-    nets = [online] if second is online else [online, second]
-    saved = [{k: v.clone() for k, v in net.named_buffers()} for net in nets]
+def measure_alpha(model, images, augment, batch_size, batches, device):
+    """Section 4: the effective rank ER(Z) of the embeddings Z (b, F) of view 1 of `batches` randomly
+    chosen, augmented training batches, averaged, and its ratio to the largest possible value min(b, F)
+    (b the global batch). Train mode, as the training step; BatchNorm running statistics are put back
+    afterwards. Returns (mean effective rank, mean ratio)."""
+    saved = {k: v.clone() for k, v in model.named_buffers()}
     ranks, ratios = [], []
     for _ in range(batches):
         idx = common.shard(torch.randperm(len(images), device=images.device)[:batch_size])  # this process's slice
-        x1, x2 = augment(images[idx].to(device))
+        x1, _ = augment(images[idx].to(device))
         with common.autocast(device):
-            z1, z2 = online(x1)[1], second(x2)[1]
-        z = common.gather(torch.cat([z1, z2]).float())                          # (2N, D) global batch
+            z = common.gather(model(x1)[1].float())                           # (b, F) global batch
         ranks.append(effective_rank(z).item())
         ratios.append(ranks[-1] / min(z.shape))
-    for net, buffers in zip(nets, saved):
-        for k, v in net.named_buffers():
-            v.copy_(buffers[k])
+    for k, v in model.named_buffers():
+        v.copy_(saved[k])
     return sum(ranks) / batches, sum(ratios) / batches
 
 
@@ -282,15 +298,14 @@ def main(argv=None):
         state["momentum"] = momentum
     start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
-    second = momentum.model if momentum else model
 
     for epoch in range(start, args.epochs):
         common.seed_epoch(args.seed, epoch)
         model.train()
-        schedule.start_epoch(epoch, lambda: measure_alpha(model, second, loader.images, augment, args.batch_size,
+        schedule.start_epoch(epoch, lambda: measure_alpha(model, loader.images, augment, args.batch_size,
                                                           args.alpha_batches, device))
         alpha, beta = schedule.alpha, schedule.beta
-        constants = {k: torch.tensor(v) for k, v in schedule.state_dict().items()}  # logged per epoch
+        constants = {k: torch.tensor(v) for k, v in schedule.state_dict().items() if v is not None}  # logged
         meter, t0 = common.Meter(), time.time()
         bar = run.progress(loader, epoch)
         for i, (images, labels) in enumerate(bar):
@@ -324,12 +339,12 @@ def main(argv=None):
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
                "images_per_sec": len(loader) * args.batch_size / seconds,
                "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
-        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        run.check_finite(row, state)  # a NaN or inf in the losses or the state stops here, in one line
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

@@ -35,9 +35,10 @@ Deviations:
 - Projector Linear-BN-ReLU-Linear-BN-ReLU-Linear, no biases (official); solo-learn gives every Linear
   a bias (cancelled by BatchNorm and by the standardisation).
 - Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
-- Blur at 32 px uses a 3-tap kernel (10% of the side, torchvision GaussianBlur convention); solo-learn
-  uses PIL's full-support blur, so its blur is stronger. Crops are resized bilinearly (solo-learn: bicubic).
-- The online probe uses AdamW on detached features (solo-learn: SGD in the same optimizer).
+- Gaussian blur with a 13-tap kernel (3 sigma of sigma 2) at every size, as PIL's blur in solo-learn;
+  crops are resized bilinearly (solo-learn: bicubic).
+- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1 (solo-learn: SGD lr 0.1 in
+  the encoder's optimizer and schedule, both views).
 - The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and the
   `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (benchmarks/recipes.py).
 """
@@ -71,7 +72,7 @@ RECIPES = {
     "cifar10": dict(),
     "cifar100": dict(),
     "stl10": dict(),      # solo-learn has no STL-10 config; 96 px images get the ImageNet stem
-    "imagefolder": dict(),
+    "imagefolder": dict(epochs=400),  # solo-learn imagenet-100/barlow.yaml
 }
 
 
@@ -180,12 +181,12 @@ def main(argv=None):
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
                "images_per_sec": len(loader) * args.batch_size / seconds,
                "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
-        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        run.check_finite(row, state)  # a NaN or inf in the losses or the state stops here, in one line
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

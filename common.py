@@ -18,6 +18,7 @@ No method logic lives here, and common.py imports nothing of this repository.
 """
 import argparse
 import atexit
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -28,8 +29,10 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -52,6 +55,10 @@ def print0(*a, **k):  # under torchrun only the first process prints progress
 def fail(message):
     """Stop with a one-line error on stderr and exit status 1. Nothing on disk is touched."""
     raise SystemExit(f"error: {message}")
+
+
+def warn(message):  # one line on stderr, from the first process only
+    print0(f"warning: {message}", file=sys.stderr)
 
 
 
@@ -156,9 +163,15 @@ class Augment:
         return tuple(self.data.normalize(apply_params(x, p, self.size, spec)) for p, spec in zip(params, self.views))
 
 
-def blur_kernel_size(image_size):
-    """About 10% of the side, odd: 23 at 224 px (BYOL), 3 at 32 px (sigma in [0.1, 2])."""
-    return max(3, int(image_size * 0.1) // 2 * 2 + 1)
+BLUR_SIGMA = (0.1, 2.0)  # thesis B.1.1, BYOL, solo-learn: sigma uniform in [0.1, 2] pixels
+
+
+def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
+    """Taps of the Gaussian blur kernel: 3 sigma each side of the largest sigma, 2 ceil(3 sigma) + 1 = 13,
+    at every image size. That is the support of PIL's GaussianBlur, which the official CorInfoMax and
+    solo-learn code blur with; a kernel of 10% of the side (BYOL's ImageNet rule: 3 taps at 32 px) would
+    cut a sigma of 2 down to an effective 0.8 on small images."""
+    return 2 * math.ceil(3 * sigma_max) + 1
 
 
 def sample_params(spec, n, height, width, device):
@@ -185,7 +198,7 @@ def sample_params(spec, n, height, width, device):
                            uniform(max(0, 1 - s), 1 + s), uniform(-hue, hue)], 1)  # (n, 4)
     return dict(top=top, left=left, height=h, width=w, flip=rand(n) < spec["flip_p"],
                 jitter=rand(n) < spec["jitter_p"], order=rand(n, 4).argsort(1), factors=factors,
-                gray=rand(n) < spec["gray_p"], blur=rand(n) < spec["blur_p"], sigma=uniform(0.1, 2.0),
+                gray=rand(n) < spec["gray_p"], blur=rand(n) < spec["blur_p"], sigma=uniform(*BLUR_SIGMA),
                 solarize=rand(n) < spec["solarize_p"])
 
 
@@ -209,9 +222,9 @@ def apply_params(x, p, size, spec):
         x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
     idx = p["blur"].nonzero()[:, 0]
     if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
-        x = gaussian_blur(x, p["sigma"], blur_kernel_size(size))
+        x = gaussian_blur(x, p["sigma"], blur_kernel_size())
     elif len(idx):
-        x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size(size))
+        x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size())
     idx = p["solarize"].nonzero()[:, 0]
     if len(idx):
         y = x.index_select(0, idx)
@@ -310,12 +323,14 @@ URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
 
 
 class Data:
-    """uint8 image tensors (N, 3, S, S) and int64 labels (-1: unlabelled).
-    train: pretraining set; probe: labelled set for kNN bank and linear eval; test: evaluation."""
-    def __init__(self, train, probe, test, classes, mean, std):
+    """uint8 image tensors (N, 3, S, S), int64 labels (-1: unlabelled) and the class names.
+    train: the pretraining set; probe: the labelled set of the kNN bank and the linear evaluation;
+    test: evaluation; track_x: the fixed test images that --track-every measures."""
+    def __init__(self, train, probe, test, class_names, mean, std, track=1000):
         (self.train_x, self.train_y), (self.probe_x, self.probe_y), (self.test_x, self.test_y) = train, probe, test
-        self.classes = classes
+        self.class_names, self.classes = list(class_names), len(class_names)
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.track_x = self.test_x[random_indices(len(self.test_x), track)]
 
     def normalize(self, x):  # uint8 or float in [0, 1] -> normalised float, on x's device
         x = x.float() / 255 if x.dtype == torch.uint8 else x
@@ -323,31 +338,58 @@ class Data:
 
 
 def load_data(args):
-    """Under torchrun the first process of each machine loads first (downloads, writes caches)."""
+    """The dataset of --dataset as uint8 tensors (Loader moves them to the device), resized to
+    --image-size, with --train-subset applied, and one printed line that says what was loaded.
+    Under torchrun the first process of each machine loads first (downloads, writes caches)."""
     wait = dist.is_initialized()
     if wait and LOCAL_RANK > 0:
         dist.barrier()
     size = args.image_size = args.image_size or DEFAULT_SIZE[args.dataset]
-    if args.dataset == "shapes":
-        train = make_shapes(min(10_000, args.train_subset or 10_000), size, seed=0)
-        test = make_shapes(2_000, size, seed=1)
-        probe = train
+    subset = args.train_subset or None  # 0: every training image
+    if args.dataset == "shapes":  # generated i.i.d. from a fixed seed: the first n are a random sample
+        train, test = make_shapes(min(10_000, subset or 10_000), size, seed=0), make_shapes(2_000, size, seed=1)
+        probe, names, summary = train, SHAPE_NAMES, f"shapes: {len(train[0]):,} training images generated (seed 0)"
     elif args.dataset in ("cifar10", "cifar100", "stl10"):
-        train, probe, test = load_torchvision(args.dataset, args.data_dir)
+        (full, full_probe, test), names = load_torchvision(args.dataset, args.data_dir)
+        train, probe = random_subset(full, subset), random_subset(full_probe, subset)
+        summary = (f"{args.dataset}: {len(train[0]):,} training images" +
+                   (f" (a random sample, seed 0, of {len(full[0]):,})" if len(train[0]) < len(full[0]) else ""))
     else:
-        train, test = load_imagefolder(args.data_dir, size)
+        train, test, names, summary = load_imagefolder(args.data_dir, size, subset)
         probe = train
+    if subset and subset > len(train[0]):
+        summary += f"; --train-subset {subset:,} is more than there are: all are used"
     train, probe, test = [(resize_images(x, size), y) for x, y in (train, probe, test)]
-    if args.train_subset:
-        train = (train[0][:args.train_subset], train[1][:args.train_subset])
-        probe = (probe[0][:args.train_subset], probe[1][:args.train_subset])
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
     if wait and LOCAL_RANK == 0:
         dist.barrier()
-    return Data(train, probe, test, int(test[1].max()) + 1, mean, std)
+    print0(f"{summary}; kNN bank {len(probe[0]):,}, test {len(test[0]):,} images, {len(names)} classes, "
+           f"{size} px")
+    return Data(train, probe, test, names, mean, std)
+
+
+SUBSET_SEED = 0  # every sample of a dataset is drawn with this seed: the same images for every --seed
+
+
+def random_indices(n, k, seed=SUBSET_SEED):
+    """k of range(n) drawn at random with a fixed seed, in increasing order (all of them if k >= n)."""
+    if k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def random_subset(split, k):
+    """A seeded random sample of k (images, labels) of a split; the split itself when k is None or >= its size."""
+    x, y = split
+    if not k or k >= len(x):
+        return split
+    keep = random_indices(len(x), k)
+    return x[keep], y[keep]
 
 
 def load_torchvision(name, root):
+    """(train, probe, test) splits of CIFAR-10/100 or STL-10 as uint8 tensors, and the class names;
+    downloaded into root if missing. STL-10 pretrains on train+unlabeled (labels -1) and probes on train."""
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
            "stl10": torchvision.datasets.STL10}[name]
     splits = {"stl10": [dict(split="train+unlabeled"), dict(split="train"), dict(split="test")]}.get(
@@ -366,39 +408,227 @@ def load_torchvision(name, root):
         fail(f"--dataset {name}: could not download or read it into --data-dir {root} "
              f"({e.__class__.__name__}: {str(e)[:120]}); download {URLS[name]} by hand and put the "
              f"archive in {os.path.abspath(root)}/")
-    return out
+    return out, list(ds.classes)
 
 
-def load_imagefolder(root, size):
-    """<root>/train/<class>/*.jpg and <root>/val/<class>/*: decoded once (torchvision.io), resized,
-    centre-cropped to size x size, and cached as <root>/cache-<size>px.pt."""
+# ------------------------------------------------------------------ data: image folders
+# Every extension torchvision's ImageFolder lists, and .gif: PIL decodes all of them.
+IMAGE_EXTENSIONS = (*torchvision.datasets.folder.IMG_EXTENSIONS, ".gif")
+CACHE_VERSION = 2  # raise it when decoding or resizing changes: caches of other versions are rebuilt
+
+
+def load_imagefolder(root, size, subset=None):
+    """<root>/train/<class>/... and <root>/val/<class>/... (any depth below the class folder): the
+    classes are train/'s, sorted, as torchvision's ImageFolder.classes (list_image_folder). Each image is
+    decoded once (decode_image, a pool of threads) and the set cached as <root>/cache-<size>px.pt (with
+    --train-subset k, cache-<size>px-subset<k>.pt, and only the sample is decoded). A cache is used only
+    for the folder it was made from: the same files with the same sizes and modification times (stamp).
+    Returns (train, val, class names, a summary of what was loaded, left out, read or written)."""
     if not all(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")):
         fail(f"--data-dir {root}: --dataset imagefolder needs a folder with train/ and val/ class subfolders")
-    cache = os.path.join(root, f"cache-{size}px.pt")
+    files, names, left_out = list_image_folder(root)
+    total = len(files["train"])
+    if subset and subset < total:
+        files["train"] = [files["train"][i] for i in random_indices(total, subset)]
+    sample = f" (a random sample, seed 0, of {total:,})" if len(files["train"]) < total else ""
+    cache = os.path.join(root, f"cache-{size}px{f'-subset{subset}' if sample else ''}.pt")
+    record = [[os.path.relpath(p, root), *stamp(p)] for split in ("train", "val") for p, _ in files[split]]
+    out, cached = {}, {}
     if os.path.exists(cache):
-        c = torch.load(cache, weights_only=True)
-        return (c["train_x"], c["train_y"]), (c["val_x"], c["val_y"])
-    _, class_to_idx = torchvision.datasets.folder.find_classes(os.path.join(root, "train"))
-    out = {}
-    for split in ("train", "val"):  # torchvision's ImageFolder listing; val uses train's class indices
-        xs, ys = [], []
-        for path, label in torchvision.datasets.folder.make_dataset(
-                os.path.join(root, split), class_to_idx, torchvision.datasets.folder.IMG_EXTENSIONS, allow_empty=True):
-            try:
-                img = torchvision.io.decode_image(path, mode=torchvision.io.ImageReadMode.RGB)
-            except Exception:
-                print(f"skipping {path}: not a decodable image", file=sys.stderr)
-                continue
-            xs.append(resize_images(img[None], size)[0])
-            ys.append(label)
-        if not xs:
-            fail(f"--data-dir {root}: no images found in {split}/")
-        out[f"{split}_x"], out[f"{split}_y"] = torch.stack(xs), torch.tensor(ys)
+        try:
+            cached = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: made again below
+            cached = {"files": None}
+    if cached.get("version") == CACHE_VERSION and cached.get("files") == record and cached.get("classes") == names:
+        out, failed, how = cached, cached["failed"], f"read {cache} (made from this folder as it is)"
+    else:
+        check_memory(len(record), size)
+        failed = []
+        for split in ("train", "val"):
+            x, y, bad = decode_split(files[split], size, f"decoding {split}/")
+            if len(x) == 0:
+                fail(f"--data-dir {root}: no image of {split}/ could be decoded, e.g. {bad[0]}")
+            out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
+        if failed:
+            warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
+        how = (f"made {cache} again: the old one was made from {describe_change(cached.get('files'), record)}"
+               if cached else f"wrote {cache}")
+        try:
+            atomic_write(cache, {"version": CACHE_VERSION, "files": record, "classes": names, "failed": failed, **out})
+        except SystemExit as e:  # a read-only data folder: train anyway, decode again next time
+            warn(f"{e} (not cached)")
+            how = "not cached (see the warning above)"
+    if failed:
+        left_out.append(f"undecodable files ({len(failed)})")
+    summary = (f"imagefolder {root}: {len(names)} classes from train/, images per class train/val: "
+               f"{class_counts(out['train_y'], out['val_y'], names)}; train {len(out['train_y']):,}{sample}, "
+               f"val {len(out['val_y']):,}" + (f"; left out: {', '.join(left_out)}" if left_out else "") + f"; {how}")
+    return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary
+
+
+def plural(n, word):
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def list_image_folder(root):
+    """The image files of train/ and val/ with their class, a folder directly under the split, listed as
+    torchvision's ImageFolder does (os.walk, links followed, sorted), except that hidden files and folders
+    (names starting with '.') are skipped and .gif counts as an image. The classes are train/'s folders
+    that hold at least one image. Each mismatch between the splits is a one-line warning naming the
+    classes and counts involved: val/ classes that train/ lacks are left out, train/ classes that val/
+    lacks are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
+    Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
+    found, left_out = {}, []
+    for split in ("train", "val"):
+        folders = sorted(e.name for e in os.scandir(os.path.join(root, split)) if e.is_dir())
+        hidden = [f for f in folders if f.startswith(".")]
+        if hidden:
+            left_out.append(f"hidden folders {split}/{{{','.join(hidden)}}}")
+        found[split], others = {}, {}
+        for folder in (f for f in folders if not f.startswith(".")):
+            found[split][folder] = []
+            for path, dirs, filenames in os.walk(os.path.join(root, split, folder), followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(filenames):
+                    if f.startswith("."):
+                        continue
+                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                        found[split][folder].append(os.path.join(path, f))
+                    else:
+                        ext = os.path.splitext(f)[1].lower() or "without extension"
+                        others[ext] = others.get(ext, 0) + 1
+        if others:
+            kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
+            left_out.append(f"non-image files in {split}/ ({kinds})")
+    classes = [c for c, paths in found["train"].items() if paths]
+    if not classes:
+        fail(f"--data-dir {root}: train/ has no class folder with images (extensions {' '.join(IMAGE_EXTENSIONS)})")
+    empty = [c for c, paths in found["train"].items() if not paths]
+    if empty:
+        warn(f"train/ folders without images are not classes: {', '.join(empty)}")
+    unknown = {c: len(p) for c, p in found["val"].items() if c not in classes and p}
+    if unknown:
+        warn("val/ classes that train/ does not have are left out of the test set: "
+             + ", ".join(f"{c} ({n} images)" for c, n in unknown.items()))
+    missing = [c for c in classes if not found["val"].get(c)]
+    if missing:
+        warn(f"val/ has no images of {len(missing)} of train/'s {len(classes)} classes, which are trained on but "
+             f"not tested: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
+    if len(classes) == 1:
+        warn(f"train/ has a single class ({classes[0]}): training works, but kNN and probe accuracies are "
+             "1.0 whatever is learned")
+    files = {s: [(p, k) for k, c in enumerate(classes) for p in found[s].get(c, [])] for s in ("train", "val")}
+    if not files["val"]:
+        fail(f"--data-dir {root}: val/ has no images of train/'s classes ({', '.join(classes[:5])})")
+    return files, classes, left_out
+
+
+def class_counts(train_y, val_y, names):
+    """'cat 30/10, dog 30/10' (train/val images per class) for up to 10 classes, else their ranges."""
+    train, val = (torch.bincount(y, minlength=len(names)).tolist() for y in (train_y, val_y))
+    if len(names) <= 10:
+        return ", ".join(f"{name} {a}/{b}" for name, a, b in zip(names, train, val))
+    return f"{min(train)}-{max(train)} / {min(val)}-{max(val)}"
+
+
+def stamp(path):
+    """(size in bytes, modification time in ns): what tells that a file changed without reading it.
+    Content hashes would read every file, nearly as slow as decoding it; size and time are what make and
+    rsync use. An edit that keeps both (rare, deliberate) goes unnoticed: delete the cache then."""
+    s = os.stat(path)
+    return s.st_size, s.st_mtime_ns
+
+
+def describe_change(old, new):
+    """What differs between two folder records [[path, size, mtime], ...], in words."""
+    if not old:
+        return "an older version of this code"
+    old, new = {r[0]: r[1:] for r in old}, {r[0]: r[1:] for r in new}
+    added, removed = len(new.keys() - old.keys()), len(old.keys() - new.keys())
+    changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
+    if added or removed or changed:
+        return f"another state of the folder ({added} files added, {removed} removed, {changed} changed since)"
+    return "another class list"
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (MemAvailable on Linux), or None if unknown."""
     try:
-        atomic_write(cache, out)
-    except SystemExit as e:  # a read-only data folder: train anyway, decode again next time
-        print(f"warning: {e} (not cached)", file=sys.stderr)
-    return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"])
+        with open("/proc/meminfo") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_memory(n, size):
+    """Refuse, in one line and before decoding anything, a set that would not fit in memory decoded:
+    n images of 3 x size x size bytes against 80% of the available memory."""
+    need, available = 3 * size * size * n, available_memory()
+    if available and need > 0.8 * available:
+        fits = max(8, int(math.sqrt(0.8 * available / (3 * n))))
+        fail(f"--image-size {size}: the {n:,} images decoded need {need / 1e9:.1f} GB and {available / 1e9:.1f} GB "
+             f"of memory is available; --image-size {fits} would fit (or use --train-subset)")
+
+
+def decode_split(files, size, desc):
+    """Decode [(path, label)] into uint8 (N, 3, size, size) in a pool of threads (PIL and the resize
+    release the GIL while they work), each image written in place into one preallocated tensor.
+    Returns the images, their labels, and 'path (error)' for each file that could not be decoded."""
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    errors = [None] * len(files)
+
+    def one(i):
+        try:
+            images[i] = decode_image(files[i][0], size)
+        except Exception as e:  # not an image after all, truncated, an unsupported variant, ...
+            errors[i] = f"{files[i][0]} ({e.__class__.__name__}: {str(e)[:80]})"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one image per thread, no threads inside its resize
+    pool = concurrent.futures.ThreadPoolExecutor(threads)
+    try:
+        for _ in progress(pool.map(one, range(len(files))), len(files), desc, unit="file"):
+            pass
+    finally:  # also on Ctrl-C: drop what has not started
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+    labels = torch.tensor([y for _, y in files], dtype=torch.long)
+    bad = [e for e in errors if e]
+    if bad:
+        keep = torch.tensor([e is None for e in errors])
+        images, labels = images[keep], labels[keep]
+    return images, labels, bad
+
+
+def decode_image(path, size):
+    """One image file as uint8 RGB (3, size, size): decoded by PIL (every format torchvision's
+    ImageFolder lists, and GIF; the first frame of an animation), converted to RGB in 0-255 whatever its
+    mode or bit depth (pil_to_rgb), its shorter side resized to `size` (antialiased bilinear) and the
+    centre cropped. A JPEG is first decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least
+    `size` pixels on each side (PIL's draft mode): much faster for small sizes. EXIF orientation is not
+    applied (as torchvision's ImageFolder)."""
+    with PIL.Image.open(path) as img:
+        img.draft("RGB", (size, size))
+        rgb = torch.from_numpy(pil_to_rgb(img)).permute(2, 0, 1)            # (3, H, W) uint8
+    return resize_images(rgb[None], size)[0]
+
+
+def pil_to_rgb(img):
+    """uint8 (H, W, 3) in 0-255 from a PIL image of any mode. 16-bit modes ('I;16', 'I;16B', ... and
+    'I', in which Pillow decodes 16-bit PNG, TIFF and PPM data) are scaled from 0-65535, floating point
+    ('F') from 0-1 when its values lie there, else clipped to 0-255; every other mode (1-bit, grey,
+    palette, RGBA, CMYK, YCbCr, LAB, HSV, ...) goes through PIL's conversion to RGB, which drops an
+    alpha channel (as torchvision's ImageFolder does)."""
+    if img.mode == "F" or img.mode.startswith("I"):
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        scale = 255 / 65535 if img.mode != "F" else 255.0 if a.max(initial=0) <= 1 else 1.0
+        a = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
+    with warnings.catch_warnings():  # "palette images with transparency ... should be converted to RGBA"
+        warnings.simplefilter("ignore")
+        return np.array(img.convert("RGB"))
 
 
 def resize_images(x, size):
@@ -419,6 +649,7 @@ def channel_stats(x):
     return mean.tolist(), (square - mean ** 2).sqrt().tolist()
 
 
+# ------------------------------------------------------------------ data: shapes
 SHAPE_NAMES = ("circle", "triangle", "square", "hexagon", "star", "cross", "ring", "semicircle",
                "ellipse", "L")
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.95, 0.85, 0.1],
@@ -508,8 +739,10 @@ class Loader:
 
 # ---------------------------------------------------------------------------------- evaluation
 class OnlineProbe:
-    """A linear classifier trained during pretraining on detached backbone features of view 1
-    (as solo-learn), with its own optimizer, so the probe never shapes the representation."""
+    """A linear classifier trained during pretraining on detached backbone features of view 1, with its
+    own AdamW (lr 1e-3), so the probe never shapes the representation. solo-learn's online probe, behind
+    the online numbers of several papers, differs: SGD lr 0.1 inside the encoder's optimizer and
+    schedule, on both views."""
     def __init__(self, dim, classes, device, lr=1e-3):
         self.linear = nn.Linear(dim, classes).to(device)
         self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0)
@@ -547,12 +780,13 @@ def extract_features(backbone, images, data, device, batch_size=512):
 
 
 @torch.no_grad()
-def knn_accuracy(train_f, train_y, test_f, test_y, k=200, temperature=0.1, chunk=256):
-    """Weighted kNN (Wu et al. 2018): cosine similarity, the k nearest vote with exp(sim / T)."""
+def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0.1, chunk=256):
+    """Weighted kNN (Wu et al. 2018): cosine similarity, the k nearest vote with exp(sim / T). Labels are
+    in range(classes) (the dataset's class list), -1 for unlabelled bank rows, which never vote."""
     train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
     keep = train_y >= 0
     train_f, train_y = train_f[keep], train_y[keep]
-    classes, k = int(train_y.max()) + 1, min(k, len(train_f))
+    k = min(k, len(train_f))
     correct = 0
     for f, y in zip(test_f.split(chunk), test_y.split(chunk)):
         sim, idx = (f @ train_f.T).topk(k, dim=1)  # (c, k)
@@ -566,7 +800,7 @@ def evaluate(backbone, probe, data, device):
     train_f = extract_features(backbone, data.probe_x, data, device)
     test_f = extract_features(backbone, data.test_x, data, device)
     test_y = data.test_y.to(device)
-    out = {"knn_acc": knn_accuracy(train_f, data.probe_y.to(device), test_f, test_y)}
+    out = {"knn_acc": knn_accuracy(train_f, data.probe_y.to(device), test_f, test_y, data.classes)}
     if probe is not None:
         with torch.no_grad():
             out["probe_acc"] = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
@@ -581,7 +815,7 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.2, momentum=0.9, weight_decay=0.0)
     loader = Loader(data.probe_x, data.probe_y, min(batch_size, len(data.probe_x)), device, shard=False)
     augment, total = Augment("linear", data, data.test_x.shape[-1], shard=False), epochs * len(loader)
-    for epoch in tqdm(range(epochs), desc="linear eval", leave=False, disable=None):
+    for epoch in progress(range(epochs), epochs, "linear eval", unit="epoch"):
         for step, (x, y) in enumerate(loader):
             set_lr(optimizer, lr_at(epoch * len(loader) + step, total, 0, 0.2, final_lr=0.002))
             with torch.no_grad(), autocast(device):
@@ -682,6 +916,39 @@ def prepare_model(model, args, device):
     return model
 
 
+PROGRESS_SECONDS = 30  # without a terminal (output piped to a file), a progress line this often
+
+
+class progress:
+    """A tqdm bar over iterable on a terminal; when the output goes to a file or a pipe, where a bar would
+    show nothing, a plain line every PROGRESS_SECONDS instead (with the last set_postfix values), so a log
+    never sits silent for minutes. Only process 0 shows anything."""
+    def __init__(self, iterable, total, desc, unit="step"):
+        self.iterable, self.total, self.desc, self.unit, self.postfix = iterable, total, desc, unit, {}
+        self.bar = None
+        if RANK == 0 and sys.stderr.isatty():
+            self.bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                            mininterval=1.0)
+
+    def set_postfix(self, **values):
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+        self.postfix = values
+
+    def __iter__(self):
+        if self.bar is not None or RANK > 0:
+            yield from self.bar if self.bar is not None else self.iterable
+            return
+        start = last = time.time()
+        for i, item in enumerate(self.iterable):
+            yield item
+            if time.time() - last >= PROGRESS_SECONDS and i + 1 < self.total:
+                last = time.time()
+                extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
+                print(f"{self.desc}: {i + 1}/{self.total} {self.unit}s, {(i + 1) / (last - start):.3g} "
+                      f"{self.unit}s/s{extra}", flush=True)
+
+
 class Meter:
     """Sums named scalar tensors without a host sync per step; .means() syncs once."""
     def __init__(self):
@@ -720,11 +987,16 @@ def get_device(name):
 
 
 def setup_device(args):
-    """The training device of this process (--device; auto: CUDA, then MPS, then CPU). Under torchrun
-    also joins the process group (NCCL on CUDA, gloo on CPU) and makes every process agree on the run
-    folder name. Records world_size in args (so in args.json)."""
+    """The training device of this process (--device; auto: CUDA, then MPS, then CPU), with --threads CPU
+    threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU) and makes every
+    process agree on the run folder name. Records the device used and world_size in args (args.json)."""
+    if not sys.stdout.isatty():  # piped to a file: each line as it is printed, not minutes later
+        sys.stdout.reconfigure(line_buffering=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.world_size = WORLD_SIZE
     device = get_device(args.device)
+    args.device = str(device if WORLD_SIZE == 1 or device.type != "cuda" else torch.device("cuda", LOCAL_RANK))
     if WORLD_SIZE == 1:
         return device
     if device.type not in ("cuda", "cpu"):
@@ -874,51 +1146,70 @@ def in_range(kind, low, high):  # closed interval
     return checked(kind, lambda v: low <= v <= high, f"in [{low}, {high}]")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """--help shows each flag's default (before any recipe: the epilog shows the recipes)."""
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS, False) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def get_parser(method, doc, recipes):
     """The shared parser, its flags in groups (data, model, optimisation, evaluation, run); a method file
     adds its own group. `recipes` is the method file's table: recipes["all"] holds the method's values
     for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first: the
     defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
-    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], epilog=(
-        f"Defaults depend on --dataset: each dataset has a recipe, the RECIPES table near the top of "
-        f"{method}.py (the values shown above are before any recipe). The program prints the recipe "
-        f"it uses and the flags that override it; args.json keeps the final values."))
+    table = "; ".join(f"{name}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "-")
+                      for name, values in recipes.items() if name != "all")
+    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], formatter_class=HelpFormatter, epilog=(
+        f"Defaults depend on --dataset. Those shown above are {method}.py's for every dataset (its "
+        f"RECIPES['all'] over common.py's); the recipe of --dataset, in the RECIPES table near the top of "
+        f"{method}.py, replaces some of them: {table}. Flags given on the command line win over both. "
+        f"The program prints the recipe it uses and the flags that override it; args.json keeps the final values."))
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="shapes", choices=DATASETS)
+    data.add_argument("--dataset", default="shapes", choices=DATASETS, help="what to train on (shapes: generated, "
+                      "no download)")
     data.add_argument("--recipe", choices=DATASETS, help="use another dataset's recipe, e.g. --recipe shapes "
                       "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
     data.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
     data.add_argument("--image-size", type=in_range(int, 8, 4096),
                       help="pixels (default: 32, stl10 96, imagefolder 224)")
-    data.add_argument("--train-subset", type=positive(int), help="use only N train images (quick runs on a laptop)")
-    data.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"])
+    data.add_argument("--train-subset", type=nonnegative(int), default=0, help="train on a random sample of "
+                      "N training images (seed 0, the same for every --seed); 0: all of them")
+    data.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"],
+                      help="augmentation policy (common.POLICIES)")
     model = p.add_argument_group("model")
-    model.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
+    model.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"], help="backbone")
     model.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
     model.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     optimisation = p.add_argument_group("optimisation")
-    optimisation.add_argument("--epochs", type=positive(int), default=100)
-    optimisation.add_argument("--batch-size", default=256,
+    optimisation.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
+    optimisation.add_argument("--batch-size", default=256, help="global batch (all processes together)",
                               type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
-    optimisation.add_argument("--lr", type=positive(float), default=0.3)
+    optimisation.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate, for the global batch")
     optimisation.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
     optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
-    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10)
-    optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4)
-    optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"])
+    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10, help="linear warmup length")
+    optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
+                              help="weight decay (not on biases and BatchNorm)")
+    optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
+                              help="lars and sgd with momentum 0.9")
     optimisation.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
                               help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio "
                                    "(solo-learn clip_lr)")
     evaluation = p.add_argument_group("evaluation")
     evaluation.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
     evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
-                            help="offline linear evaluation epochs (0: skip)")
+                            help="offline linear evaluation epochs at the end (0: skip)")
     evaluation.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
                             "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
-    run.add_argument("--seed", type=nonnegative(int), default=0)
-    run.add_argument("--out", default="runs")
+    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
+    run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's, one per core)")
+    run.add_argument("--seed", type=nonnegative(int), default=0, help="random seed of the initialisation, "
+                     "shuffle and augmentations")
+    run.add_argument("--out", default="runs", help="folder that holds the run folders")
     run.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
     run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
     run.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
@@ -940,7 +1231,7 @@ def parse_args(parser, argv=None):
     args = parser.parse_args(argv)                          # a flag's own default would win otherwise
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
-    given = given_flags(parser, argv, args)
+    given = parser.given = given_flags(parser, argv, args)  # parser.given: for a method's own defaults
     flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
         given -= {"resume", "stop_after", "device"}
@@ -960,7 +1251,10 @@ def parse_args(parser, argv=None):
         args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
     else:  # the dataset's recipe fills in whatever was not given on the command line
         args.recipe = args.recipe or args.dataset
-        recipe = parser.recipes.get(args.recipe, {})
+        recipe = dict(parser.recipes.get(args.recipe, {}))
+        if args.recipe != args.dataset and recipe.get("train_subset") and "train_subset" not in given:
+            print0(f"recipe {args.recipe}: its --train-subset {recipe.pop('train_subset')} is for {args.recipe}, so "
+                   f"--dataset {args.dataset} trains on all its images (--train-subset N for a random sample)")
         vars(args).update({k: v for k, v in recipe.items() if k not in given})
         flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
                          if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
@@ -972,6 +1266,20 @@ def parse_args(parser, argv=None):
 
 
 # ----------------------------------------------------------------------------------- run folder
+def to_json(obj, **kwargs):
+    """json.dumps that writes a NaN or infinite float as null (JSON has no NaN): every JSON file this
+    repository writes is valid JSON. Where a value is undefined, the writer says why next to it."""
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write(path, data):
     """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
     a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
@@ -983,7 +1291,7 @@ def atomic_write(path, data):
                 f.write(data)
         else:
             torch.save(data, tmp)
-            torch.load(tmp, map_location="cpu", weights_only=True)  # reads back, or raises
+            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)  # reads back, or raises
         os.replace(tmp, path)
     except BaseException as e:  # Ctrl-C included: never leave the temp file behind
         with contextlib.suppress(OSError):
@@ -994,17 +1302,37 @@ def atomic_write(path, data):
         raise
 
 
+def flat_values(obj, prefix=""):
+    """(dotted name, value) of every leaf of a nested state_dict (dicts, lists, tuples)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flat_values(v, f"{prefix}{k}.")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from flat_values(v, f"{prefix}{i}.")
+    else:
+        yield prefix[:-1], obj
+
+
+def is_finite(value):
+    """False for a float or a floating tensor with a NaN or an infinity; True for anything else."""
+    if torch.is_tensor(value):
+        return not value.is_floating_point() or bool(value.isfinite().all())
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 class Run:
     """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
     Each method's main() calls, in this order: Run(...) (checks the folder, reads last.pt on --resume),
     start (writes args.json, restores or records the random-initialisation baseline), then per epoch
-    check_finite, log, save (and stopped for --stop-after), and finish at the end."""
+    check_finite, log, save (and stopped for --stop-after), and finish at the end. Every message about
+    what is on disk names the epoch last.pt holds (self.saved), or says that none was written."""
 
     def __init__(self, args, script, device):
         self.args, self.script, self.device = args, script, device
         self.dir = os.path.join(args.out, args.name)
         self.ckpt_path = os.path.join(self.dir, "last.pt")
-        self.checkpoint = None
+        self.checkpoint, self.saved = None, None  # saved: the epoch last.pt holds
         if args.resume:
             if not os.path.exists(self.ckpt_path):
                 fail(f"--resume {args.resume}: no last.pt in {self.dir}")
@@ -1014,6 +1342,7 @@ class Run:
             except Exception as e:
                 fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
                      f"({e.__class__.__name__}); the file is left untouched")
+            self.saved = self.checkpoint["epoch"]
             if self.checkpoint["epoch"] >= args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
                 print0(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
                        f"To train longer, start a new run with a larger --epochs.")
@@ -1036,24 +1365,30 @@ class Run:
             print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
                    f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
         self.seconds, self.last_eval = 0.0, {}
+        signal.signal(signal.SIGINT, self.interrupted)  # from here on, data loading included
+
+    def on_disk(self):
+        """What last.pt holds, in words, for messages."""
+        if self.saved is None:
+            return "no checkpoint was written, nothing to resume"
+        return f"{self.ckpt_path} holds epoch {self.saved}; continue with --resume {self.dir}"
 
     def start(self, data, backbone, state):
         """Write args.json and the code. On --resume restore every object of `state` (name -> object
         with state_dict / load_state_dict, as saved by save()) and return the epoch to continue after;
         else record the kNN accuracy of the randomly initialised backbone as epoch 0 (the baseline that
         training has to beat) and return 0."""
-        signal.signal(signal.SIGINT, self.interrupted)
         log = os.path.join(self.dir, "log.jsonl")
         if RANK == 0:  # under torchrun only the first process writes; the others compute the same things
             os.makedirs(self.dir, exist_ok=True)
-            atomic_write(os.path.join(self.dir, "args.json"), json.dumps(vars(self.args), indent=1))
+            atomic_write(os.path.join(self.dir, "args.json"), to_json(vars(self.args), indent=1))
             for f in (self.script, __file__):
                 shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         if self.checkpoint is None:
             self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
             print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
             if RANK == 0:
-                atomic_write(log, json.dumps({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
+                atomic_write(log, to_json({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
             return 0
         for k, obj in state.items():
             obj.load_state_dict(self.checkpoint["state"][k])
@@ -1064,7 +1399,7 @@ class Run:
         self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
         self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
         if RANK == 0:
-            atomic_write(log, "".join(json.dumps(l) + "\n" for l in lines))
+            atomic_write(log, "".join(to_json(l) + "\n" for l in lines))
         print0(f"resuming {self.dir} after epoch {done}")
         return done
 
@@ -1072,21 +1407,30 @@ class Run:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if RANK > 0:  # torchrun: Ctrl-C reaches every process; one message is enough
             raise SystemExit(1)
-        saved = (f"{self.ckpt_path} holds the last completed epoch; continue with --resume {self.dir}"
-                 if os.path.exists(self.ckpt_path) else "no epoch was completed, nothing to resume")
-        fail(f"interrupted (Ctrl-C); {saved}")
+        fail(f"interrupted (Ctrl-C); {self.on_disk()}")
 
     def progress(self, loader, epoch):
-        return tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False, dynamic_ncols=True,
-                    mininterval=1.0, disable=None if RANK == 0 else True)
+        return progress(loader, len(loader), f"epoch {epoch + 1}/{self.args.epochs}")
 
-    def check_finite(self, row):
-        """Stop in one line if a logged loss term of the epoch is NaN or infinite, before anything
-        of the epoch is logged or saved."""
-        for k, v in row.items():
-            if not math.isfinite(v):
-                fail(f"{k} is {v} in epoch {row['epoch']}; stopped before saving, so {self.ckpt_path} still "
-                     f"holds the last good epoch; try a lower --lr (now {self.args.lr})")
+    def check_finite(self, row, state):
+        """Stop in one line, before anything of the epoch is logged or saved, if a logged loss term of
+        the epoch is NaN or infinite, or if any value of the state last.pt would hold is (weights,
+        optimizer state, a method's own state: running covariances, alpha, a predictor, ...): the last
+        update of an epoch can break the weights while the epoch's mean loss is still finite."""
+        bad = [k for k, v in row.items() if not math.isfinite(v)]
+        broken = {}
+        for name, obj in state.items():
+            values = list(flat_values(obj.state_dict()))
+            names = [k for k, v in values if not is_finite(v)]
+            if names:
+                broken[name] = (names, len(values))
+        if not bad and not broken:
+            return
+        what = ", ".join(f"{k} = {row[k]}" for k in bad) if bad else "; ".join(
+            f"{name}: {len(names)} of {n} values (e.g. {names[0]})" for name, (names, n) in broken.items())
+        kind = "the loss is not finite" if bad else "the state is not finite"
+        fail(f"epoch {row['epoch']}: {kind} ({what}); it was not saved: {self.on_disk()}. "
+             f"Start again with a lower --lr (now {self.args.lr})")
 
     def log(self, row):
         """Append the epoch's row to log.jsonl and print it (without world_size and global_batch)."""
@@ -1095,7 +1439,7 @@ class Run:
         self.seconds += row["seconds"]
         if RANK == 0:  # the log first: a resume trims it back to what last.pt holds
             with open(os.path.join(self.dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(to_json(row) + "\n")
         print0(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                         if k not in ("world_size", "global_batch")))
 
@@ -1104,6 +1448,7 @@ class Run:
         if RANK == 0:
             atomic_write(self.ckpt_path, {"epoch": epoch, "args": vars(self.args),
                                           "state": {k: obj.state_dict() for k, obj in state.items()}})
+        self.saved = epoch
 
     def stopped(self, epoch):
         print0(f"stopped after epoch {epoch} (--stop-after); continue with --resume {self.dir}")
@@ -1118,6 +1463,6 @@ class Run:
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)
         results.update(extra or {})
         if RANK == 0:
-            atomic_write(os.path.join(self.dir, "results.json"), json.dumps(results, indent=1))
-        print0(f"results: {json.dumps({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
+            atomic_write(os.path.join(self.dir, "results.json"), to_json(results, indent=1))
+        print0(f"results: {to_json({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
         return results

@@ -35,12 +35,21 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 # ------------------------------------------------------------ correlation and redundancy (SSLPM paper)
-def zscore(x, eps=1e-8):
+def zscore(x):
     """z-score every feature over the samples: mean 0, variance 1 (SSLPM paper section 3.2, appendix A).
     Population variance (divide by n), so that C = X^T X / n is the correlation matrix. A constant
-    feature becomes 0 instead of NaN. Returns float64."""
+    feature (varying_features) becomes 0 instead of NaN. Returns float64."""
     x = x.double() - x.double().mean(0)
-    return x / x.pow(2).mean(0).sqrt().clamp_min(eps)
+    std = x.pow(2).mean(0).sqrt()
+    return torch.where(varying_features(x), x / std.clamp_min(1e-300), torch.zeros_like(x))
+
+
+def varying_features(x):
+    """(d,) bool: the features (columns) that vary over the samples, by more than float rounding: a
+    spread of at most 1e-6 of the column's largest magnitude counts as constant (float32 keeps 7 digits)."""
+    x = x.double()
+    spread = (x - x.mean(0)).pow(2).mean(0).sqrt()
+    return spread > 1e-6 * x.abs().amax(0).clamp_min(1e-300) if len(x) else torch.zeros(x.shape[1], dtype=torch.bool)
 
 
 def gram(x):
@@ -48,36 +57,55 @@ def gram(x):
 
 
 def correlation_matrix(x):
-    return gram(zscore(x))                               # (d, d), ones on the diagonal
+    return gram(zscore(x))                               # (d, d), ones on the diagonal (0 for a constant feature)
+
+
+def _varying_correlations(x):
+    """The correlation matrix of the features that vary; a correlation needs at least 2 of them."""
+    keep = varying_features(x)
+    if len(x) < 2 or int(keep.sum()) < 2:
+        raise ValueError(f"{int(keep.sum())} of the {x.shape[1]} features vary over the {len(x)} samples: a "
+                         "correlation needs two that vary (all constant: a total collapse)")
+    return correlation_matrix(x[:, keep])
 
 
 def average_absolute_correlation(x):
     """AAC, SSLPM paper definition 3.1 (eq. 2): AAC_j = sum_{i != j} |C_ij| / (d - 1), AAC = mean_j AAC_j,
-    i.e. the mean of |C_ij| over all i != j of the correlation matrix of the standardised features."""
-    c = correlation_matrix(x)
+    i.e. the mean of |C_ij| over all i != j of the correlation matrix of the standardised features (the
+    paper's "covariance" of standardised features is this correlation). Constant features, which cannot
+    be standardised, are left out; raises ValueError when fewer than 2 features vary."""
+    c = _varying_correlations(x)
     d = len(c)
     return ((c.abs().sum() - c.diagonal().abs().sum()) / (d * (d - 1))).item()
 
 
 def average_correlation(x):
-    """The Collapses paper section 4 (Figure 11): the signed mean of the off-diagonal entries of the correlation
-    matrix. Unlike AAC, positive and negative correlations cancel."""
-    c = correlation_matrix(x)
+    """The Collapses paper section 4 (Figure 11, "the off-diagonal mean of the correlation matrix"): the
+    signed mean of the off-diagonal correlations of the features. Unlike AAC, positive and negative
+    correlations cancel, and the mean is at least -1/(d - 1): a rank-1 collapse with features of both
+    signs reads near 0, so read it next to AAC. Constant features are left out as in AAC."""
+    c = _varying_correlations(x)
     d = len(c)
     return ((c.sum() - c.diagonal().sum()) / (d * (d - 1))).item()
 
 
-def _split(n, d, fraction, test_fraction, val_fraction, seed):
+def _split(x, fraction, test_fraction, val_fraction, seed):
     """Samples: train / test (SSLPM paper appendix A: fit on 80%, evaluate on 20%), and train again into
-    fit / val for choosing the ridge penalty. Features: a random `fraction` of them as targets.
-    Seeded, so LR and NLR with the same seed and fraction use the same split and targets."""
+    fit / val for choosing the ridge penalty. Features: a random `fraction` of the features that vary as
+    targets (a constant feature has nothing to predict). Seeded, so LR and NLR with the same seed and
+    fraction use the same split and targets."""
+    n, d = x.shape
+    varying = varying_features(x).nonzero()[:, 0]
+    if n < 5 or len(varying) == 0:
+        raise ValueError(f"{n} samples, {len(varying)} of {d} features varying: a held-out redundancy needs "
+                         "at least 5 samples and one feature that varies")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     n_test = max(1, round(test_fraction * n))
     test, train = perm[:n_test], perm[n_test:]
     n_val = max(1, round(val_fraction * len(train)))
     val, fit = train[:n_val], train[n_val:]
-    targets = torch.randperm(d, generator=g)[:max(1, round(fraction * d))].sort().values
+    targets = varying[torch.randperm(len(varying), generator=g)[:max(1, round(fraction * len(varying)))]].sort().values
     return train, test, fit, val, targets
 
 
@@ -116,22 +144,32 @@ def ridge_heldout_mse(gram_fit, gram_eval, ridges):
 def linear_redundancy(x, fraction=1.0, ridges=(1e-4, 1e-3, 1e-2, 1e-1, 1.0), test_fraction=0.2,
                       val_fraction=0.2, seed=0):
     """Linear redundancy, SSLPM paper eq. 4: LR_j = 1 - MSE of the best linear prediction of standardised
-    feature j from all the others (the MSE relative to predicting 0, see _heldout_note), LR = mean_j LR_j
-    over a random `fraction` of the features (the paper: 20%; all by default, as it costs the same here).
+    feature j from all the others (the MSE relative to predicting 0, see _heldout_note: an estimator of
+    the same quantity), LR = mean_j LR_j over a random `fraction` of the features that vary (the paper:
+    20%; all by default, as it costs the same here).
     As in appendix A the regression is fitted on 80% of the samples and its MSE measured on the other
     20%; the ridge penalty (section 3.2: "chosen through cross-validation") is chosen per target on a
     validation part of the fitting samples, then refit on all of them. Everything comes from three
     Gram matrices (one pass over the data, O(n d^2)) and 2 * len(ridges) d x d factorisations
     (ridge_heldout_mse). Returns (LR, per_feature): per_feature (d,) is NaN where j was not a target."""
     x = zscore(x)
-    train, test, fit, val, targets = _split(len(x), x.shape[1], fraction, test_fraction, val_fraction, seed)
+    train, test, fit, val, targets = _split(x, fraction, test_fraction, val_fraction, seed)
     g_fit, g_val, g_test = gram(x[fit]), gram(x[val]), gram(x[test])
     g_train = (len(fit) * g_fit + len(val) * g_val) / len(train)                # train = fit + val
     best = ridge_heldout_mse(g_fit, g_val, ridges).argmin(0)                    # (d,) best penalty per target
     mse = ridge_heldout_mse(g_train, g_test, ridges).gather(0, best[None])[0]   # (d,)
     per_feature = torch.full_like(mse, float("nan"))
     per_feature[targets] = 1 - (mse / g_test.diagonal())[targets]               # see _heldout_note
-    return per_feature[targets].mean().item(), per_feature
+    return _mean_over_targets(per_feature, targets), per_feature
+
+
+def _mean_over_targets(per_feature, targets):
+    """Mean over the targets; a target constant on the test split (0 / 0) is left out of it."""
+    values = per_feature[targets]
+    values = values[values.isfinite()]
+    if len(values) == 0:
+        raise ValueError("every target feature is constant on the test split: nothing to score")
+    return values.mean().item()
 
 
 def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_size=256, lr=1e-3,
@@ -152,7 +190,7 @@ def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_si
     g = torch.Generator().manual_seed(seed)
     x = zscore(x).float()
     n, d = x.shape
-    train, test, _, _, targets = _split(n, d, fraction, test_fraction, 0.2, seed)
+    train, test, _, _, targets = _split(x, fraction, test_fraction, 0.2, seed)
     k, (h1, h2), device = len(targets), hidden, x.device
 
     def init(fan_in, *shape):  # nn.Linear's default initialisation U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -186,21 +224,20 @@ def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_si
         sq = sum((predict(c) - c[:, cols].T).pow(2).sum(1) for c in x_test.split(4096))  # (k,)
     per_feature = torch.full((d,), float("nan"), dtype=torch.float64)
     per_feature[targets] = 1 - sq.double().cpu() / x_test[:, cols].double().pow(2).sum(0).cpu()  # _heldout_note
-    return per_feature[targets].mean().item(), per_feature
+    return _mean_over_targets(per_feature, targets), per_feature
 
 
 # ------------------------------------------------------ spectra (Collapses, AdaDim, Geometry papers)
-def singular_values(x, center=True):
-    """Singular values of x, descending: of the centred features by default (their squares / (n - 1)
-    are the eigenvalues of the covariance, the spectrum of the Collapses paper's Figure 8 and the Geometry
-    paper's Figure 4), or of
-    a matrix as it is, e.g. a weight (center=False). Through the smaller Gram matrix in float64:
-    O(n d^2) + O(d^3); accurate down to about 1e-8 of the largest value."""
+def singular_values(x, center=False):
+    """The min(n, d) singular values of x (n, d), descending, float64: of the matrix as it is by default
+    (an embedding matrix for the effective rank and RankMe, a weight for Rank_tau, the raw features of
+    the Geometry paper's Figure 4), or of the centred features (center=True; their squares / (n - 1) are
+    the covariance eigenvalues). By an SVD in float64: accurate far below 1e-8 of the largest value, so
+    the tail of a log spectrum is real, not rounding."""
     x = x.double()
     if center:
         x = x - x.mean(0)
-    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T
-    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
+    return torch.linalg.svdvals(x)
 
 
 def _float(x):  # float64 stays float64 (exact tests); anything else is computed in float32
@@ -211,18 +248,36 @@ def _entropy(p):  # Shannon entropy (nats) of a probability vector, 0 log 0 = 0
     return -(p * p.clamp_min(1e-300).log()).sum().item()
 
 
-def effective_rank(x, center=True):
-    """Effective rank (Roy & Vetterli 2007; AdaDim paper A.6 and section 4): exp(H(p)) with p = s / |s|_1
-    the L1-normalised singular values s of the (centred) features. Between 1 and min(n, d); equals k
-    for k equal non-zero singular values."""
-    s = singular_values(x, center)
+def effective_rank(x):
+    """Effective rank (Roy & Vetterli 2007) of the matrix as it is, not centred: exp(H(p)), p = s / |s|_1
+    the L1-normalised singular values, H in nats. This is the AdaDim paper's H(R) (section 1, appendix
+    A.6, get_rank(Z) in its pseudocode) and RankMe without its eps. Between 1 and min(n, d); k for k equal
+    non-zero singular values; 1 for a rank-1 matrix, so a total collapse (every row the same) reads 1.
+    The zero matrix has no non-zero singular value: it reads 0, as its rank (the entropy is undefined)."""
+    s = singular_values(x)
+    if s.sum() == 0:
+        return 0.0
     return math.exp(_entropy(s / s.sum()))
 
 
-def rankme(x, eps=1e-7, center=False):
-    """RankMe (Garrido et al. 2023): exp(-sum_k p_k log p_k) with p_k = s_k / |s|_1 + eps, s the singular
-    values of the embedding matrix as it is (not centred, as in that paper)."""
-    s = singular_values(x, center)
+def effective_rank_centered(x):
+    """Roy & Vetterli's effective rank of the centred features (x - mean), i.e. of the principal-component
+    scales: how many directions the samples spread along around their mean. Not the AdaDim paper's H(R)
+    (effective_rank, uncentred): it ignores the mean, so a collapse to one point plus a little noise reads
+    as high as the noise's spread. 0 when every row is the same."""
+    s = singular_values(x, center=True)
+    if s.sum() == 0:
+        return 0.0
+    return math.exp(_entropy(s / s.sum()))
+
+
+def rankme(x, eps=1e-7):
+    """RankMe (Garrido et al. 2023): exp(-sum_k p_k log p_k), p_k = s_k / |s|_1 + eps, s the singular values
+    of the embedding matrix as it is (not centred, as in that paper). Equal to effective_rank up to the
+    eps (at most a few thousandths); 0 for the zero matrix."""
+    s = singular_values(x)
+    if s.sum() == 0:
+        return 0.0
     p = s / s.sum() + eps
     return math.exp(-(p * p.log()).sum().item())
 
@@ -230,41 +285,62 @@ def rankme(x, eps=1e-7, center=False):
 def numerical_rank(matrix, tau=1e-2):
     """Rank_tau(W) = sum_j 1{|sigma_j| >= tau} (Geometry paper eq. 2): the number of singular values of the
     matrix (not centred) at or above the ABSOLUTE threshold tau. The paper applies it to the 512 x 128
-    linear projector (Figure 1) and does not state tau; 1e-2 here."""
-    return int((singular_values(matrix, center=False) >= tau).sum())
+    linear projector (Figure 1) and does not state tau; 1e-2 here. An absolute threshold depends on the
+    scale of W, which matters when the projector's output is normalised afterwards."""
+    return int((singular_values(matrix) >= tau).sum())
 
 
 def covariance_eigenvalues(x):
-    s = singular_values(x)
-    return s.pow(2) / max(len(x) - 1, 1)                      # (min(n, d),) descending
+    """The d eigenvalues of the sample covariance of x (n, d) (divided by n - 1), descending, float64:
+    the spectrum the Collapses paper plots in log scale (Figure 8, "singular value spectrum of the
+    covariance matrix" of the embeddings; a PSD matrix's singular values are its eigenvalues). Zeros
+    beyond rank n - 1. Raises ValueError for fewer than 2 samples."""
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"{n} sample: a covariance needs at least 2")
+    lam = singular_values(x, center=True).pow(2) / (n - 1)
+    return torch.cat([lam, lam.new_zeros(d - len(lam))])
 
 
 def eigenvalue_count(x, tau=0.01):
-    """The AdaDim paper A.9 (Figure 3b): the number of covariance eigenvalues above tau after dividing all of
-    them by their sum (their L1 norm)."""
+    """The AdaDim paper A.9 (Figure 3b): the number of covariance eigenvalues above tau once all of them
+    are divided by their sum ("normalized ... by the l-1 norm"); the paper says eigenvalues, and its
+    companion measure is PCA's explained variance, so these are covariance eigenvalues. At most 1 / tau:
+    a perfectly even spectrum of more than 1 / tau dimensions counts 0. Features without any variance
+    (a collapse to one point) count 0."""
     lam = covariance_eigenvalues(x)
+    if lam.sum() == 0:
+        return 0
     return int((lam / lam.sum() > tau).sum())
 
 
 def explained_variance_ratio(x, top=0.3):
-    """The AdaDim paper A.9 (Figure 3c): sum of the largest floor(top * N) of the N covariance eigenvalues
-    (at least one) over the sum of all of them."""
+    """The AdaDim paper A.9 (Figure 3c): sum_{i <= p N} lam_i / sum_i lam_i, the share of the variance in
+    the largest floor(top * N) (at least one) of the N = d covariance eigenvalues. 1 / (top N) ... 1:
+    higher means fewer directions hold the variance. Raises ValueError when nothing varies."""
     lam = covariance_eigenvalues(x)
-    m = max(1, int(top * len(lam)))
+    if lam.sum() == 0:
+        raise ValueError("no feature varies (a collapse to one point): no variance to explain")
+    m = max(1, math.floor(top * len(lam) + 1e-9))
     return (lam[:m].sum() / lam.sum()).item()
 
 
 def von_neumann_entropy(a):
-    """H = -sum_i lam_i log lam_i over the eigenvalues of a PSD (d, d) matrix scaled to trace 1
-    (AdaDim paper A.6). log(rank) for a flat spectrum, 0 for rank one."""
+    """H = -sum_i lam_i log lam_i (nats) over the eigenvalues of a PSD matrix scaled to trace 1 (AdaDim
+    paper A.6, after its refs. 50 and 25). log(rank) for a flat spectrum, 0 for rank one. report() applies
+    it to R^T R / tr of the L2-normalised rows, whose non-zero eigenvalues are those of the AdaDim
+    paper's normalised Gram R R^T / n: this is the order-1 Renyi entropy of that matrix. Raises
+    ValueError for a zero matrix."""
     lam = torch.linalg.eigvalsh(a.double()).clamp_min(0)
+    if lam.sum() == 0:
+        raise ValueError("a zero matrix has no spectrum to take the entropy of")
     return _entropy(lam / lam.sum())
 
 
 def matrix_entropy(a):
     """Matrix entropy of a PSD matrix A (AdaDim paper A.6, after its ref. 58): ME(A) = -tr(A log A) + tr(A)
     = sum_i (-lam_i log lam_i + lam_i). Not normalised: the trace term grows with more and larger
-    eigenvalues."""
+    eigenvalues. 0 for a zero matrix. report() applies it to the covariance of the L2-normalised rows."""
     lam = torch.linalg.eigvalsh(a.double()).clamp_min(0)
     return _entropy(lam) + lam.sum().item()
 
@@ -274,8 +350,11 @@ def renyi_entropy(gram, alpha=2):
     """Matrix-based Renyi entropy of order alpha of a PSD (n, n) Gram matrix (AdaDim paper A.6):
     K = gram / tr(gram), H_alpha = log(tr(K^alpha)) / (1 - alpha) = log(sum_i lam_i^alpha) / (1 - alpha);
     alpha = 2: -log |K|_F^2 (no eigenvalues needed); alpha = 1: the von Neumann limit.
-    log n for n orthogonal equal-norm rows, 0 for rank one."""
-    k = gram.double() / gram.double().diagonal().sum()
+    log n for n orthogonal equal-norm rows, 0 for rank one. Raises ValueError for a zero matrix."""
+    trace = gram.double().diagonal().sum()
+    if trace <= 0:
+        raise ValueError("a zero Gram matrix (every row zero) has no entropy")
+    k = gram.double() / trace
     if alpha == 2:
         return -math.log(k.pow(2).sum().item())
     lam = torch.linalg.eigvalsh(k).clamp_min(0)
@@ -286,8 +365,11 @@ def renyi_entropy(gram, alpha=2):
 
 def renyi2_entropy(x):
     """Order-2 Renyi entropy of the Gram matrix of the rows of x (n, d) without forming it:
-    K = X X^T / tr(X X^T), H_2 = -log tr(K^2) and tr((X X^T)^2) = |X^T X|_F^2, a d x d product."""
+    K = X X^T / tr(X X^T), H_2 = -log tr(K^2) and tr((X X^T)^2) = |X^T X|_F^2, a d x d product.
+    Raises ValueError when every row is zero."""
     x = x.double()
+    if not x.any():
+        raise ValueError("every row is zero: the Gram matrix has no entropy")
     return -math.log((x.T @ x).pow(2).sum().item() / x.pow(2).sum().item() ** 2)
 
 
@@ -301,8 +383,12 @@ def renyi_mutual_information(r, z, alpha=2, chunk=1024):
       Khatri-Rao product), whose rank can reach d_r * d_z, so it has no d x d form; instead
       tr(((R R^T) o (Z Z^T))^2) = sum_ij (r_i.r_j)^2 (z_i.z_j)^2 is summed over row blocks of the two
       Gram matrices: O(n^2 (d_r + d_z)) time, O(chunk * n) memory.
-    Other orders use the explicit n x n matrices and their eigenvalues (O(n^3))."""
+    Other orders use the explicit n x n matrices and their eigenvalues (O(n^3)). Natural log (nats).
+    A zero row stays zero (it has no direction); raises ValueError if every row of R or of Z is zero, or
+    if no sample has both a non-zero R and a non-zero Z row."""
     r, z = F.normalize(r.double(), dim=1), F.normalize(z.double(), dim=1)
+    if not (r.any() and z.any() and (r.pow(2).sum(1) * z.pow(2).sum(1)).sum() > 0):
+        raise ValueError("every row of R or of Z (or of their product) is zero: no mutual information to measure")
     if alpha != 2:
         a, b = r @ r.T, z @ z.T
         return renyi_entropy(a, alpha) + renyi_entropy(b, alpha) - renyi_entropy(a * b, alpha)
@@ -313,14 +399,30 @@ def renyi_mutual_information(r, z, alpha=2, chunk=1024):
     return renyi2_entropy(r) + renyi2_entropy(z) + math.log(sq / trace ** 2)
 
 
+def _logdet(m, what):
+    """log det of a symmetric positive definite matrix; ValueError (naming `what`) when it is singular or
+    not positive definite, where slogdet's log |det| would silently drop the sign."""
+    sign, value = torch.linalg.slogdet(m)
+    if sign <= 0 or not math.isfinite(value.item()):
+        raise ValueError(f"{what} is singular (not positive definite): its log-determinant is -inf; use eps > 0")
+    return value.item()
+
+
+def _covariance(x):
+    if len(x) < 2:
+        raise ValueError(f"{len(x)} sample: a covariance needs at least 2")
+    return torch.cov(x.double().T).reshape(x.shape[1], x.shape[1])
+
+
 def logdet_entropy(x, eps=1e-4):
     """Log-determinant (LD) entropy, CorInfoMax thesis eq. 3.3: H = 1/2 log det(R_x + eps I) + d/2 log(2 pi e),
     R_x the sample covariance (unbiased, divide by n - 1), natural log (nats). With eps = 0 it is the
     differential entropy of a Gaussian with covariance R_x. The Collapses paper compares it with the
-    pairwise-distance estimator as a collapse indicator."""
+    pairwise-distance estimator as a collapse indicator: a total collapse reads d/2 log(2 pi e eps), very
+    negative, not 0. Raises ValueError for fewer than 2 samples, or a singular R_x with eps = 0."""
     d = x.shape[1]
-    cov = torch.cov(x.double().T).reshape(d, d) + eps * torch.eye(d, dtype=torch.float64, device=x.device)
-    return 0.5 * torch.linalg.slogdet(cov)[1].item() + d / 2 * math.log(2 * math.pi * math.e)
+    cov = _covariance(x) + eps * torch.eye(d, dtype=torch.float64, device=x.device)
+    return 0.5 * _logdet(cov, "the covariance") + d / 2 * math.log(2 * math.pi * math.e)
 
 
 def ld_mutual_information(x, y, eps=1e-4, symmetric=True):
@@ -328,15 +430,17 @@ def ld_mutual_information(x, y, eps=1e-4, symmetric=True):
         I(x; y) = 1/2 logdet(R_x + eps I) - 1/2 logdet(R_x - R_xy (R_y + eps I)^-1 R_xy^T + eps I)  (3.5)
     symmetric=True (default) returns eq. 3.6, the average of 3.5 and 3.5 with x and y exchanged. The
     thesis calls the two "equivalent": they are equal for eps = 0 (both are the Gaussian mutual
-    information), not for eps > 0. >= 0, and 0 exactly when R_xy = 0 (thesis Lemma 1)."""
+    information), not for eps > 0. >= 0, and 0 exactly when R_xy = 0 (thesis Lemma 1). Raises
+    ValueError for fewer than 2 samples, or (eps = 0) when a covariance or the error covariance is
+    singular: one view is then an exact linear function of the other, an infinite information."""
     dx = x.shape[1]
-    c = torch.cov(torch.cat([x, y], 1).double().T)
+    c = _covariance(torch.cat([x, y], 1))
     rx, ry, rxy = c[:dx, :dx], c[dx:, dx:], c[:dx, dx:]
 
     def one_sided(ra, rb, rab):
         ea, eb = (eps * torch.eye(len(m), dtype=m.dtype, device=m.device) for m in (ra, rb))
         error = ra - rab @ torch.linalg.solve(rb + eb, rab.T)     # covariance of the linear-MMSE error
-        return 0.5 * (torch.linalg.slogdet(ra + ea)[1] - torch.linalg.slogdet(error + ea)[1]).item()
+        return 0.5 * (_logdet(ra + ea, "a covariance") - _logdet(error + ea, "the error covariance"))
     if not symmetric:
         return one_sided(rx, ry, rxy)
     return 0.5 * (one_sided(rx, ry, rxy) + one_sided(ry, rx, rxy.T))
@@ -349,12 +453,16 @@ def gaussian_mutual_information(r, z, eps=0.0, both=False):
         Var(Z|R) = S_Z - S_ZR S_R^-1 S_RZ,   Var(R|Z) = S_R - S_RZ S_Z^-1 S_ZR   (Schur complements).
     (The paper writes S_RZ S_R^-1 S_ZR in the first one; its dimensions only work as above.)
     Returns the first form, or both forms when both=True; they agree (they equal
-    1/2 (ln|S_R| + ln|S_Z| - ln|S|)). Needs n > d_r + d_z unless eps > 0."""
+    1/2 (ln|S_R| + ln|S_Z| - ln|S|)). With eps = 0 it needs n > d_r + d_z samples (else S is singular and
+    the estimate meaningless): raises ValueError then, and whenever a determinant is not positive."""
     dz = z.shape[1]
-    c = torch.cov(torch.cat([z, r], 1).double().T)
+    if eps == 0 and len(r) <= r.shape[1] + dz:
+        raise ValueError(f"{len(r)} samples for {r.shape[1] + dz} dimensions: the joint covariance is singular; "
+                         "use eps > 0 or more samples")
+    c = _covariance(torch.cat([z, r], 1))
     c = c + eps * torch.eye(len(c), dtype=c.dtype, device=c.device)
     sz, sr, szr = c[:dz, :dz], c[dz:, dz:], c[:dz, dz:]
-    logdet = lambda m: torch.linalg.slogdet(m)[1].item()
+    logdet = lambda m: _logdet(m, "a covariance")
     i_z = 0.5 * (logdet(sz) - logdet(sz - szr @ torch.linalg.solve(sr, szr.T)))
     i_r = 0.5 * (logdet(sr) - logdet(sr - szr.T @ torch.linalg.solve(sz, szr)))
     return (i_z, i_r) if both else i_z
@@ -386,13 +494,18 @@ def alignment(x, y, alpha=2):
 
 def uniformity(x, t=2, chunk=1024):
     """Uniformity (Wang & Isola 2020; the AdaDim paper A.6): log of the mean over pairs i < j of
-    exp(-t |x_i - x_j|^2), rows L2-normalised here. 0 for identical points, more negative = more
-    uniform; -4 + log I0(4) ~ -1.575 for t = 2 and points spread evenly on a circle (n -> infinity).
-    O(n^2 d) in row blocks, in x's precision, with log-sum-exp."""
+    exp(-t |x_i - x_j|^2), rows L2-normalised here (the paper's implementation, Wang & Isola's code, takes
+    normalised features; raw ones would give -inf). 0 for identical points (a total collapse; zero rows
+    stay zero, so all-zero features read 0 too), more negative = more uniform; -4 + log I0(4) ~ -1.575
+    for t = 2 and points spread evenly on a circle (n -> infinity). Natural log. O(n^2 d) in row blocks,
+    in x's precision, with log-sum-exp. Raises ValueError for fewer than 2 points."""
     x = F.normalize(_float(x), dim=1)
     n, blocks = len(x), []
+    if n < 2:
+        raise ValueError(f"{n} point: uniformity needs pairs")
+    norms = x.pow(2).sum(1)                                       # 1, or 0 for a zero row
     for i in range(0, n, chunk):
-        sq = (2 - 2 * x[i:i + chunk] @ x.T).clamp_min(0)         # (c, n) squared distances of unit rows
+        sq = (norms[i:i + chunk, None] + norms[None] - 2 * x[i:i + chunk] @ x.T).clamp_min(0)  # (c, n)
         rows = torch.arange(i, min(i + chunk, n), device=x.device)
         sq[rows - i, rows] = float("inf")                         # drop i = j; mean over i != j = mean over i < j
         blocks.append(torch.logsumexp(-t * sq.flatten(), 0).double())
@@ -421,7 +534,10 @@ def infonce_terms(f1, f2, beta=2.0):
     - the upper bound of Proposition 3.1 (eq. 3): "upper" = beta "invariance" + beta "repulsion" +
       log(2(N - 1)), invariance = -mean_i Sim(f1_i, f2_i) (eq. 4), repulsion = mean_i Sim(f1_i, f~_i*)
       (eq. 5) with f~_i* the most similar negative. For a linear projector f = W^T h this is exactly
-      eqs. 4-5. upper >= InfoNCE (each of the 2(N-1) terms of Z_i is at most exp(beta * max)). """
+      eqs. 4-5. upper >= InfoNCE (each of the 2(N-1) terms of Z_i is at most exp(beta * max)).
+    Raises ValueError for fewer than 2 images (no negative)."""
+    if len(f1) < 2:
+        raise ValueError(f"{len(f1)} image: InfoNCE needs negatives")
     sims, positive = _negative_similarities(f1.double(), f2.double())
     logits = beta * sims                                          # (N, 2N), -inf at the two views of i
     log_z = torch.logsumexp(logits, 1)                            # (N,)
@@ -442,7 +558,10 @@ def nearest_negatives(h1, h2, f1=None, f2=None, chunk=1024):
     view 1 of image i, chosen in the projector's output space f when given (Geometry paper Proposition 3.1,
     Figure 6), else in h; and the normalised Euclidean distance between h1_i and h~_i* (Figure 5). The
     paper does not define "normalised": here it is the distance between the L2-normalised vectors,
-    |h1_i/|h1_i| - h~*/|h~*||, in [0, 2]. Returns (index (N,), distance (N,)); O(N^2) time, row blocks."""
+    |h1_i/|h1_i| - h~*/|h~*||, in [0, 2]. Returns (index (N,), distance (N,)); O(N^2) time, row blocks.
+    Raises ValueError for fewer than 2 images (no negative)."""
+    if len(h1) < 2:
+        raise ValueError(f"{len(h1)} image: there is no negative")
     f1, f2 = h1 if f1 is None else f1, h2 if f2 is None else f2
     nearest = torch.cat([_negative_similarities(f1, f2, i, i + chunk)[0].argmax(1) for i in range(0, len(h1), chunk)])
     h_star = torch.cat([h1, h2])[nearest]
@@ -459,66 +578,94 @@ def unexplained_variance(w, delta_h):
     """Fraction of the variance of the displacements delta_h_i = h_i^(2) - h~_i* (N, d_enc) that the
     column space of W (d_enc, d_proj; the paper's W with g(h) = W^T h, i.e. nn.Linear.weight.T) does not
     explain, Geometry paper eq. 10: sum_i min_t |delta_h_i - W t|^2 / sum_i |delta_h_i|^2. 0 when every
-    delta_h_i lies in the column space, 1 when all are orthogonal to it."""
+    delta_h_i lies in the column space, 1 when all are orthogonal to it. Raises ValueError when every
+    displacement is zero (0 / 0)."""
     u, s, _ = torch.linalg.svd(w.double(), full_matrices=False)
     q = u[:, s > s.max() * max(w.shape) * 1e-12]                 # orthonormal basis of the column space
     dh = delta_h.double()
+    if not dh.any():
+        raise ValueError("every displacement h2 - h* is zero: no variance to explain")
     return ((dh - dh @ q @ q.T).pow(2).sum() / dh.pow(2).sum()).item()
 
 
 # ---------------------------------------------------------------------------------- report, tracking
+class Measures(dict):
+    """A dict of measures that never crashes on degenerate features: put(key, fn, ...) stores fn's value,
+    or None when fn raises ValueError (an undefined value: constant features, a single sample, ...), with
+    the reason kept under "undefined" so that every JSON file says why a value is null."""
+    def put(self, key, fn, *args, **kwargs):
+        try:
+            self[key] = fn(*args, **kwargs)
+        except ValueError as e:
+            self[key] = None
+            self.setdefault("undefined", {})[key] = str(e)
+        return self[key]
+
+
 def report(backbone_features, projector_features, labels=None, views=None, projector_weight=None,
            beta=2.0, nlr_samples=2000, nlr_steps=500, pairwise_samples=2000, progress=False):
-    """Every scalar measure that applies, as a flat dict. R = backbone_features and Z = projector_features
+    """Every scalar measure that applies, as a flat dict (a Measures: a value that is undefined for these
+    features is None, and out["undefined"] says why). R = backbone_features and Z = projector_features
     (n, d) of the same un-augmented images; labels (n,) optional; views = (h1, h2, f1, f2), backbone and
-    projector features of two augmented views of the same images, for the two-view measures of the Geometry paper;
-    projector_weight: nn.Linear.weight (d_proj, d_enc) of a linear projector. Measures of a normalised
-    covariance or distribution (entropies, uniformity, std) use L2-normalised rows, so runs compare
-    whatever the feature scale; redundancy and Gaussian/LD mutual information use standardised features.
-    NLR (of R only) uses at most nlr_samples samples and nlr_steps steps, the pairwise entropy at most
-    pairwise_samples."""
-    out = {"n_samples": len(backbone_features)}
+    projector features of two augmented views of the same images, for the two-view measures of the
+    Geometry paper; projector_weight: nn.Linear.weight (d_proj, d_enc) of a linear projector. Effective
+    rank, RankMe and the covariance spectra use the features as they are; entropies of a normalised
+    Gram or covariance, uniformity and std use L2-normalised rows, so runs compare whatever the feature
+    scale; redundancy and Gaussian/LD mutual information use standardised features. NLR (of R only)
+    uses at most nlr_samples samples and nlr_steps steps, the pairwise entropy at most pairwise_samples."""
+    out = Measures(n_samples=len(backbone_features))
     feats = {"R": backbone_features.detach(), "Z": projector_features.detach()}
     for name, x in tqdm(feats.items(), desc="measures", leave=False, disable=None if progress else True):
         u = F.normalize(x.double(), dim=1)
-        cov_u = torch.cov(u.T).reshape(x.shape[1], x.shape[1])    # covariance of the unit rows
-        out.update({f"dim_{name}": x.shape[1],
-                    f"effective_rank_{name}": effective_rank(x), f"rankme_{name}": rankme(x),
-                    f"eigenvalue_count_{name}": eigenvalue_count(x),
-                    f"explained_variance_top30_{name}": explained_variance_ratio(x),
-                    f"von_neumann_entropy_{name}": von_neumann_entropy(cov_u),
-                    f"matrix_entropy_{name}": matrix_entropy(cov_u),
-                    f"renyi_entropy_{name}": renyi2_entropy(u),
-                    f"logdet_entropy_{name}": logdet_entropy(u),
-                    f"pairwise_entropy_{name}": pairwise_distance_entropy(u[:pairwise_samples]),
-                    f"std_{name}": u.std(0).mean().item(), f"uniformity_{name}": uniformity(u),
-                    f"aac_{name}": average_absolute_correlation(x), f"avg_corr_{name}": average_correlation(x),
-                    f"lr_{name}": linear_redundancy(x)[0]})
+        out[f"dim_{name}"] = x.shape[1]
+        out.put(f"effective_rank_{name}", effective_rank, x)
+        out.put(f"effective_rank_centered_{name}", effective_rank_centered, x)
+        out.put(f"rankme_{name}", rankme, x)
+        out.put(f"eigenvalue_count_{name}", eigenvalue_count, x)
+        out.put(f"explained_variance_top30_{name}", explained_variance_ratio, x)
+        out.put(f"von_neumann_entropy_{name}", von_neumann_entropy, u.T @ u)  # spectrum of the unit rows' Gram
+        out.put(f"matrix_entropy_{name}", lambda u: matrix_entropy(_covariance(u)), u)
+        out.put(f"renyi_entropy_{name}", renyi2_entropy, u)
+        out.put(f"logdet_entropy_{name}", logdet_entropy, u)
+        out.put(f"pairwise_entropy_{name}", pairwise_distance_entropy, u[:pairwise_samples])
+        out[f"std_{name}"] = u.std(0).mean().item() if len(u) > 1 else 0.0
+        out.put(f"uniformity_{name}", uniformity, u)
+        out.put(f"aac_{name}", average_absolute_correlation, x)
+        out.put(f"avg_corr_{name}", average_correlation, x)
+        out.put(f"lr_{name}", lambda x: linear_redundancy(x)[0], x)
     # NLR trains 20% x d networks: on R only, as the SSLPM paper (backbone features), on a bounded sample
     if nlr_steps > 0:
-        out["nlr_R"] = nonlinear_redundancy(feats["R"][:nlr_samples], steps=nlr_steps, progress=progress)[0]
+        out.put("nlr_R", lambda x: nonlinear_redundancy(x, steps=nlr_steps, progress=progress)[0],
+                feats["R"][:nlr_samples])
     r, z = zscore(feats["R"]), zscore(feats["Z"])
-    out["renyi_mi_RZ"] = renyi_mutual_information(feats["R"], feats["Z"])
-    out["gaussian_mi_RZ"] = gaussian_mutual_information(r, z, eps=1e-3)
-    out["ldmi_RZ"] = ld_mutual_information(r, z, eps=1e-3)
+    out.put("renyi_mi_RZ", renyi_mutual_information, feats["R"], feats["Z"])
+    out.put("gaussian_mi_RZ", gaussian_mutual_information, r, z, eps=1e-3)
+    out.put("ldmi_RZ", ld_mutual_information, r, z, eps=1e-3)
     # one view: the nearest OTHER image in projector space (the single-view case of the Geometry paper Fig. 5-6)
-    nearest, distance = nearest_negatives(feats["R"], feats["R"], feats["Z"], feats["Z"])
-    out["nearest_distance"] = distance.mean().item()
-    if labels is not None:
-        out["nearest_label_sharing"] = label_sharing(labels.to(nearest.device), nearest)
+    nearest = out.put("nearest_distance", lambda: nearest_negatives(feats["R"], feats["R"], feats["Z"], feats["Z"]))
+    if nearest is not None:
+        nearest, distance = nearest
+        out["nearest_distance"] = distance.mean().item()
+        if labels is not None:
+            out["nearest_label_sharing"] = label_sharing(labels.to(nearest.device), nearest)
     if projector_weight is not None:
         out["projector_rank"] = numerical_rank(projector_weight)
     if views is not None:
         h1, h2, f1, f2 = (v.detach() for v in views)
         out["alignment_Z"] = alignment(f1, f2)
-        out.update(infonce_terms(f1, f2, beta))
-        out["ldmi_Z1Z2"] = ld_mutual_information(zscore(f1), zscore(f2), eps=1e-3)  # thesis 5.4
-        nearest, distance = nearest_negatives(h1, h2, f1, f2)
-        out["nearest_negative_distance"] = distance.mean().item()
-        if labels is not None:
-            out["label_sharing"] = label_sharing(labels[:len(h1)].to(nearest.device), nearest)
-        if projector_weight is not None:
-            out["unexplained_variance"] = unexplained_variance(projector_weight.T, h2 - torch.cat([h1, h2])[nearest])
+        terms = out.put("infonce", infonce_terms, f1, f2, beta)
+        if terms is not None:
+            out.update(terms)
+        out.put("ldmi_Z1Z2", ld_mutual_information, zscore(f1), zscore(f2), eps=1e-3)  # thesis 5.4
+        pairs = out.put("nearest_negative_distance", nearest_negatives, h1, h2, f1, f2)
+        if pairs is not None:
+            nearest, distance = pairs
+            out["nearest_negative_distance"] = distance.mean().item()
+            if labels is not None:
+                out["label_sharing"] = label_sharing(labels[:len(h1)].to(nearest.device), nearest)
+            if projector_weight is not None:
+                out.put("unexplained_variance", unexplained_variance, projector_weight.T,
+                        h2 - torch.cat([h1, h2])[nearest])
     return out
 
 
@@ -550,39 +697,64 @@ def extract(backbone, projector, images, data, device, augment=None, batch_size=
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
 
-def track(backbone, projector, images, data, device, tau=1e-2):
+def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
     """What a method logs every --track-every epochs (its epoch-end block calls this), on a fixed set of
-    test images (uint8 (n, 3, H, W); the same images every time, so epochs compare): effective rank of R and Z, Renyi I(R; Z),
-    AAC of R, mean per-dimension std and uniformity of the L2-normalised Z, and, for a linear projector,
-    Rank_tau of its weight (Geometry paper Figure 1). Returns a flat dict of floats for log.jsonl.
-    Cost on one CPU thread, 1000 32-px images, width-8 ResNet-18 + 2048-256 MLP projector: about 0.8 s
-    per call, 0.6 s of it the forward passes."""
+    test images (uint8 (n, 3, H, W): data.track_x, the same images every time, so epochs compare), as a
+    flat dict for log.jsonl (a Measures: an undefined value is None, and "undefined" says why):
+    - of R (backbone) and Z (projector): effective_rank (the AdaDim paper's H(R), uncentred), AAC and
+      average correlation, eigenvalue_count and explained_variance_top30 (AdaDim A.9); of Z also the
+      std and uniformity of its L2-normalised rows and spectrum_Z, its covariance eigenvalues (the
+      Collapses paper's Figure 8, a list); renyi_mi_RZ, I(R; Z) (AdaDim A.6);
+    - with `policy` (the run's augmentation policy), two augmented views of the images: infonce and its
+      upper bound (Geometry paper eqs. 1, 3), alignment of Z, and for a linear projector
+      unexplained_variance (eq. 10);
+    - for a linear projector, projector_rank, Rank_tau of its weight (Geometry paper Figure 1).
+    Cost: see benchmarks/metrics.py (about a second on a CPU for 1,000 images at width 8)."""
     r, z = extract(backbone, projector, images, data, device)
     u = F.normalize(z.double(), dim=1)
-    out = {"effective_rank_R": effective_rank(r), "effective_rank_Z": effective_rank(z),
-           "renyi_mi_RZ": renyi_mutual_information(r, z), "aac_R": average_absolute_correlation(r),
-           "std_Z": u.std(0).mean().item(), "uniformity_Z": uniformity(u)}
+    out = Measures()
+    for name, x in (("R", r), ("Z", z)):
+        out.put(f"effective_rank_{name}", effective_rank, x)
+        out.put(f"aac_{name}", average_absolute_correlation, x)
+        out.put(f"avg_corr_{name}", average_correlation, x)
+        out.put(f"eigenvalue_count_{name}", eigenvalue_count, x)
+        out.put(f"explained_variance_top30_{name}", explained_variance_ratio, x)
+    out.put("renyi_mi_RZ", renyi_mutual_information, r, z)
+    out["std_Z"] = u.std(0).mean().item()
+    out.put("uniformity_Z", uniformity, u)
+    out.put("spectrum_Z", lambda z: covariance_eigenvalues(z).tolist(), z)
     w = linear_weight(projector)
     if w is not None:
         out["projector_rank"] = numerical_rank(w, tau)
+    if policy is not None:
+        augment = common.Augment(policy, data, images.shape[-1], shard=False)
+        h1, h2, f1, f2 = extract(backbone, projector, images, data, device, augment=augment)
+        terms = out.put("infonce", infonce_terms, f1, f2)
+        if terms is not None:
+            out["infonce"], out["infonce_upper"] = terms["infonce"], terms["upper"]
+        out["alignment_Z"] = alignment(f1, f2)
+        if w is not None:
+            nearest, _ = nearest_negatives(h1, h2, f1, f2)
+            out.put("unexplained_variance", unexplained_variance, w.T, h2 - torch.cat([h1, h2])[nearest])
     return out
 
 
 # ------------------------------------------------------------------------------------ command line
 SOURCES = {  # the table's last column: what a row is and where it comes from
-    "effective_rank": "exp entropy of L1-normalised singular values (Roy & Vetterli; AdaDim)",
-    "rankme": "RankMe (Garrido et al.), eps 1e-7",
-    "eigenvalue_count": "normalised eigenvalues > 0.01 (AdaDim A.9)",
-    "explained_variance_top30": "variance in the top 30% eigenvalues (AdaDim A.9)",
-    "von_neumann_entropy": "-sum l log l, unit-row covariance (AdaDim A.6)",
-    "matrix_entropy": "-tr(A log A) + tr(A), unit-row covariance (AdaDim A.6)",
-    "renyi_entropy": "order-2 Renyi entropy of the unit-row Gram (AdaDim A.6)",
+    "effective_rank_centered": "effective rank of the centred features (not a paper's; Roy & Vetterli)",
+    "effective_rank": "H(R): exp entropy of L1-normalised singular values, uncentred (AdaDim A.6)",
+    "rankme": "RankMe (Garrido et al.), uncentred, eps 1e-7",
+    "eigenvalue_count": "covariance eigenvalues > 0.01 of their sum (AdaDim A.9)",
+    "explained_variance_top30": "variance in the top 30% covariance eigenvalues (AdaDim A.9)",
+    "von_neumann_entropy": "-sum l log l, Gram of the unit rows, trace 1 (AdaDim A.6)",
+    "matrix_entropy": "-tr(A log A) + tr(A), covariance of the unit rows (AdaDim A.6)",
+    "renyi_entropy": "order-2 Renyi entropy of the unit rows' Gram (AdaDim A.6)",
     "logdet_entropy": "1/2 logdet(cov + 1e-4 I) + const, unit rows (CorInfoMax thesis eq. 3.3)",
-    "pairwise_entropy": "pairwise-distance estimator, sigma 0.5, unit rows (Collapses paper)",
+    "pairwise_entropy": "pairwise-distance (KL) estimator, sigma 0.5, unit rows (Collapses paper)",
     "std": "mean per-dim std of unit rows (1/sqrt(d) if spread)",
-    "uniformity": "log E exp(-2|x-y|^2) (Wang & Isola)",
+    "uniformity": "log E exp(-2|x-y|^2), unit rows (Wang & Isola; AdaDim A.6)",
     "aac": "mean |correlation| off the diagonal (SSLPM paper def. 3.1)",
-    "avg_corr": "mean correlation off the diagonal (Collapses paper)",
+    "avg_corr": "mean correlation off the diagonal (Collapses paper Fig. 11)",
     "lr": "linear redundancy, ridge, all features (SSLPM paper eq. 4)",
     "nlr": "non-linear redundancy, MLP 128-64, 20%, <= 2000 samples (SSLPM paper eq. 5)",
     "renyi_mi": "order-2 Renyi matrix mutual information (AdaDim A.6)",
@@ -618,6 +790,10 @@ def load_run(path, device):
             and isinstance(ckpt["state"], dict) and "model" in ckpt["state"]):
         common.fail(f"checkpoint {path} is not a checkpoint of this repository's method scripts "
                     "(expected epoch, args with a method, and state['model'], as written to runs/<run>/last.pt)")
+    broken = [k for k, v in common.flat_values(ckpt["state"]["model"]) if not common.is_finite(v)]
+    if broken:
+        common.fail(f"checkpoint {path} has non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): "
+                    "its run diverged, there is nothing to measure")
     args = argparse.Namespace(**ckpt["args"])
     if ROOT not in sys.path:                                      # the method files live next to this one
         sys.path.insert(0, ROOT)
@@ -639,7 +815,7 @@ def measure_run(path, device, max_samples, nlr_steps=500, seed=0):
     keep = torch.randperm(len(data.test_x))[:max_samples]        # a fixed random subset of the test split
     images, labels = data.test_x[keep], data.test_y[keep]
     r, z = extract(model.backbone, model.projector, images, data, device)
-    augment = common.Augment(args.policy, data, args.image_size)  # the run's own augmentation policy
+    augment = common.Augment(args.policy, data, args.image_size, shard=False)  # the run's own augmentation
     views = extract(model.backbone, model.projector, images[:2048], data, device, augment=augment)
     w = linear_weight(model.projector)
     beta = 1 / args.temperature if getattr(args, "temperature", None) else 2.0  # the Geometry paper uses beta = 2
@@ -654,13 +830,17 @@ def source(key):  # the SOURCES entry whose name is the longest prefix of key
 
 
 def print_table(columns, names):
-    """One aligned table: a row per measure, a column per run, then where the measure comes from."""
+    """One aligned table: a row per measure, a column per run, then where the measure comes from; then
+    why a value is undefined ("-"), where one is."""
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-    keys = list(dict.fromkeys(k for c in columns for k in c))
+    keys = list(dict.fromkeys(k for c in columns for k in c if k != "undefined"))
     rows = [["measure", *names, "what (paper)"]] + [[k, *(fmt(c.get(k)) for c in columns), source(k)] for k in keys]
     widths = [max(len(row[i]) for row in rows) for i in range(len(names) + 1)]
     for row in rows:
         print("  ".join([row[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(row[1:-1], widths[1:])] + [row[-1]]))
+    for name, column in zip(names, columns):
+        for key, why in column.get("undefined", {}).items():
+            print(f"{name}: {key} is undefined: {why}")
 
 
 def main(argv=None):
@@ -692,7 +872,7 @@ def main(argv=None):
         outputs = {os.path.join(os.path.dirname(os.path.abspath(p)), "metrics.json"): r for p, r in zip(paths, results)}
     for path, result in outputs.items():
         try:
-            common.atomic_write(path, json.dumps(result, indent=1))
+            common.atomic_write(path, common.to_json(result, indent=1))
         except OSError as e:
             common.fail(f"{'--json ' if args.json else ''}{path}: cannot write it ({e.strerror}); the table above is all there is")
 

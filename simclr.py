@@ -1,4 +1,4 @@
-"""SimCLR: A Simple Framework for Contrastive Learning (Chen et al. 2020, arXiv 2002.05709).
+r"""SimCLR: A Simple Framework for Contrastive Learning (Chen et al. 2020, arXiv 2002.05709).
 
 Two augmented views of each image go through the backbone f and projector g; each projection must
 pick out its partner among the 2N - 1 other projections of the batch (NT-Xent / InfoNCE, paper eq. 1):
@@ -8,8 +8,9 @@ Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 
 Run:        python simclr.py                                    (shapes, the CPU recipe: about a minute)
             python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
-            python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large
-                                                (the linear projector of "Toward a Geometrical Understanding")
+            python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large \
+                --temperature 0.5 --lr 4.0 --weight-decay 1e-6 --epochs 500
+                                  (the linear projector of the Geometry paper, arXiv 2205.06926, section 2)
             torchrun --standalone --nproc_per_node=4 simclr.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
             recipe at 1000 epochs (its table does not say online or offline). This repository's CPU
@@ -21,9 +22,15 @@ Deviations:
   ratio divides by ||g + wd w|| (official Barlow Twins form), solo-learn's by ||g|| + wd ||w||.
 - Projector as solo-learn (Linear-ReLU-Linear, no BatchNorm); google-research's has BN on every layer.
 - Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
-- Blur at 32 px uses a 3-tap kernel (10% of the side, torchvision GaussianBlur convention); solo-learn
-  uses PIL's full-support blur, so its blur is stronger. Crops are resized bilinearly (solo-learn: bicubic).
-- The online probe uses AdamW on detached features (solo-learn: SGD in the same optimizer).
+- Gaussian blur with a 13-tap kernel (3 sigma of sigma 2) at every size, as PIL's blur in solo-learn;
+  crops are resized bilinearly (solo-learn: bicubic).
+- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1 (solo-learn: SGD lr 0.1 in
+  the encoder's optimizer and schedule, both views).
+- The linear-projector command follows the Geometry paper's section 2 (beta 2, i.e. tau 0.5; LARS lr 4.0,
+  weight decay 1e-6; 512 x 128 bias-free projector; CIFAR-100); it gives no batch size (its Figure 3
+  uses 128: this keeps 256) nor epoch count (Figure 6's caption speaks of 500). Its InfoNCE (eq. 1) is
+  one-directional with the positive left out of the denominator; this file's loss is the symmetric
+  NT-Xent (the paper: "in practice, this loss is often symmetrized").
 - The CPU recipe (shapes) uses AdamW and the `small` augmentation of "Toward a Geometrical
   Understanding" (Table 2): LARS at these sizes made real-image features worse, and stronger crops of
   16 px images hurt (benchmarks/recipes.py tells how the recipe was chosen).
@@ -54,7 +61,9 @@ RECIPES = {
     "cifar10": dict(),
     "cifar100": dict(),
     "stl10": dict(),      # solo-learn has no STL-10 config; 96 px images get the ImageNet stem
-    "imagefolder": dict(),
+    # ImageNet-100: solo-learn imagenet-100/simclr.yaml (global batch 128 at lr 0.15 after its linear
+    # scaling, the same lr per image as 0.3 at this recipe's 256)
+    "imagefolder": dict(epochs=400, lr=0.3, proj_hidden=4096, proj_dim=512),
 }
 
 
@@ -145,12 +154,12 @@ def main(argv=None):
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
                "images_per_sec": len(loader) * args.batch_size / seconds,
                "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
-        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        run.check_finite(row, state)  # a NaN or inf in the losses or the state stops here, in one line
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

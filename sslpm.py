@@ -10,7 +10,7 @@ entries; the predictor sees X = (1 - M) * e and is scored on the hidden entries 
     L_pred = 1/|M| sum_ij M_ij (R(X)_ij - e_ij)^2                      (eq. 11, second term)
     C = Z_A^T Z_B / N          L_invariance = sum_i (1 - C_ii)^2        (eq. 11, first term)
 SSLPM-RR (--predictor ridge, the paper's best): R(X) = X W with the ridge closed form (eq. 13)
-    W = (X^T X + mu I)^-1 X^T e        (--target full, eq. 15)   or   X^T (M * e)   (--target masked, eq. 17)
+    W = (X^T X + mu I)^-1 X^T e     (--target full, eq. 15)   or   (...)^-1 X^T (M * e)   (--target masked, eq. 17)
     L = L_invariance - lambda * D * L_pred                   (official code's scaling of eq. 11)
 SSLPM-SGD (--predictor mlp, section 3.4.1, appendix E): an MLP R_theta trained in an inner loop
 (AdamW, a fresh mask per step, early stop on a validation mask M_V), then
@@ -38,7 +38,9 @@ Deviations:
   (more dimensions than the 2N rows, or a dimension hidden in every row) stops with a one-line error
   naming --ridge; paper appendix C.3: a small batch needs mu > 0. --ridge > 0 is always positive definite.
 - --target full is the default (official HEAD: mask_regression_target False); appendix B's W_0 is
-  --target masked (Table 3: no difference on CIFAR-10).
+  --target masked. At --ridge 0 the two give the same loss exactly: X^T e = X^T X + X^T (M * e), so
+  W_full = I + W_0, and X W_full differs from X W_0 only by X, which is 0 on the hidden entries that the
+  loss scores. So Table 3's "no difference" is algebra, not an experiment; they differ only for mu > 0.
 - SSLPM-SGD follows the official cl_non_lin_pred_minv6.py where the paper is silent: the predictor
   persists across steps (its weights, AdamW state and lr are saved in last.pt, so --resume is exact),
   its input is [X, M] (the mask as an indicator, 2D inputs), hidden width 128, patience 1 (stop after
@@ -50,7 +52,18 @@ Deviations:
 - lambda defaults per variant (LAMBDA): the official configs' 0.15 (ridge), 64 (mlp, 1 layer), 0.5 (mlp,
   3 layers); on shapes the ridge variant uses 1.0: with 0.15 the prediction loss fell towards 0 (redundant
   embeddings, no learning), with 1.0 it stays near the 0.65 of the paper's Table 3 (benchmarks/recipes.py).
-- CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur).
+- CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur);
+  crops are resized bilinearly (official: bicubic).
+- SSLPM-SGD (--predictor mlp) trains at batch 512 on the paper recipes (appendix E: "to increase
+  numerical stability"; official v6 configs), the ridge variant at 256; a given --batch-size wins.
+- --proj-layers (official proj_size, varied in Figures 6 and 15) defaults to 3; 0 feeds the backbone
+  features to the loss (D = their size).
+- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1; the paper's online numbers
+  (Table 1) come from solo-learn's probe: SGD lr 0.1 with the encoder's schedule, both views. Compare
+  this file's probe accuracy with the paper's only loosely.
+- imagefolder is the official ImageNet-100 config (imagenet-100/cl_lin_pred_min.yaml: 400 epochs,
+  lambda 0.125); the rest as CIFAR.
+- Training runs in bf16 autocast on CUDA (the official CIFAR configs: fp32); losses are float32/float64.
 """
 import time
 
@@ -83,12 +96,13 @@ RECIPES = {
     "cifar10": dict(),
     "cifar100": dict(),
     "stl10": dict(),      # the paper has no STL-10 run; 96 px images get the ImageNet stem
-    "imagefolder": dict(),
+    "imagefolder": dict(epochs=400),  # official imagenet-100/cl_lin_pred_min.yaml (its lambda: LAMBDA below)
 }
 # --lambda when not given, per variant (it multiplies D * L_pred for ridge, log L_pred for mlp):
 # paper recipes: official cl_lin_pred_min.yaml (lamb 0.15), cl_non_lin_pred_minv6_1layer.yaml (pred_lamb 64)
 # and cl_non_lin_pred_minv6.yaml (pred_lamb 0.5); shapes: measured (benchmarks/recipes.py)
 LAMBDA = {"paper": {"ridge": 0.15, "mlp1": 64.0, "mlp3": 0.5},
+          "imagefolder": {"ridge": 0.125, "mlp1": 64.0, "mlp3": 0.5},   # imagenet-100/cl_lin_pred_min.yaml
           "shapes": {"ridge": 1.0, "mlp1": 64.0, "mlp3": 0.5}}
 
 
@@ -109,15 +123,23 @@ def get_args(argv=None):
                        help="mlp: 1 = one linear layer (SSLPM-SGD 1l), 3 = two hidden layers of 128 (3l)")
     flags.add_argument("--predictor-steps", type=common.positive(int), default=500,
                        help="mlp: most inner steps per encoder step (appendix E)")
+    flags.add_argument("--proj-layers", type=int, choices=[0, 1, 2, 3], default=3,
+                       help="projector depth (official proj_size; Figures 6 and 15 vary it): 0 = none (the loss "
+                            "sees the backbone features), 1 = one Linear, 2 and 3 = Linear-BN-ReLU blocks + Linear")
     flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="official cifar")
     flags.add_argument("--proj-dim", type=common.positive(int), default=128, help="official cifar (D)")
     args = common.parse_args(parser, argv)
     if args.lambd is None:
         variant = "ridge" if args.predictor == "ridge" else f"mlp{args.predictor_layers}"
-        args.lambd = LAMBDA["shapes" if args.recipe == "shapes" else "paper"][variant]
-    if args.predictor == "ridge" and args.ridge == 0 and args.proj_dim > 2 * args.batch_size:
-        parser.error(f"argument --ridge: 0 needs at least --proj-dim {args.proj_dim} rows, but the regression "
-                     f"has 2 x --batch-size = {2 * args.batch_size}; use --ridge > 0 (paper appendix C.3)")
+        args.lambd = LAMBDA.get(args.recipe, LAMBDA["paper"])[variant]
+    if (args.predictor == "mlp" and not args.resume and args.recipe != "shapes"
+            and "batch_size" not in parser.given and args.batch_size != 512):
+        args.batch_size = 512  # appendix E and the official SSLPM-SGD configs: 512 "to increase numerical stability"
+        common.print0("sslpm.py: --predictor mlp trains at --batch-size 512 (SSLPM paper appendix E, official configs)")
+    dim = args.proj_dim if args.proj_layers else 8 * args.width * (4 if args.arch == "resnet50" else 1)
+    if args.predictor == "ridge" and args.ridge == 0 and dim > 2 * args.batch_size:
+        parser.error(f"argument --ridge: 0 needs at least D = {dim} rows, but the regression has 2 x "
+                     f"--batch-size = {2 * args.batch_size}; use --ridge > 0 (paper appendix C.3)")
     return args
 
 
@@ -224,12 +246,14 @@ class MLPPredictor:
 
 # --------------------------------------------------------------------------------------- model
 class Model(nn.Module):
-    """SSLPM: backbone + projector (official proj_size 3: two hidden layers with BatchNorm)."""
+    """SSLPM: backbone + projector of --proj-layers layers (official proj_size; 3 by default: two hidden
+    layers with BatchNorm; 0: none, the loss sees the backbone features)."""
     def __init__(self, args):
         super().__init__()
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
-        dim = self.backbone.out_dim
-        self.projector = common.projector([dim, args.proj_hidden, args.proj_hidden, args.proj_dim], batchnorm=True)
+        dims = [self.backbone.out_dim] + [args.proj_hidden] * (args.proj_layers - 1) + [args.proj_dim]
+        self.projector = common.projector(dims, batchnorm=True) if args.proj_layers else nn.Identity()
+        self.dim = dims[-1] if args.proj_layers else self.backbone.out_dim   # D
 
     def forward(self, x):
         h = self.backbone(x)            # (N, F) representation used downstream
@@ -251,7 +275,7 @@ def main(argv=None):
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds
     if args.predictor == "mlp":
-        state["predictor"] = predictor = MLPPredictor(args.proj_dim, args.predictor_layers, device,
+        state["predictor"] = predictor = MLPPredictor(model.dim, args.predictor_layers, device,
                                                          args.predictor_steps, args.mask_fraction)
     start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
@@ -295,12 +319,12 @@ def main(argv=None):
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,
                "images_per_sec": len(loader) * args.batch_size / seconds,
                "world_size": common.WORLD_SIZE, "global_batch": args.batch_size}
-        run.check_finite(row)  # a NaN or infinite loss stops here, in one line, before anything is saved
+        run.check_finite(row, state)  # a NaN or inf in the losses or the state stops here, in one line
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.test_x[:1000], data, device))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

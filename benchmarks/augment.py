@@ -55,7 +55,7 @@ def torchvision_view(spec, size, mean, std):
         T.RandomHorizontalFlip(spec["flip_p"]),
         T.RandomApply([T.ColorJitter(b, c, s, h)], p=spec["jitter_p"]),
         T.RandomGrayscale(spec["gray_p"]),
-        T.RandomApply([T.GaussianBlur(common.blur_kernel_size(size), (0.1, 2.0))], p=spec["blur_p"]),
+        T.RandomApply([T.GaussianBlur(common.blur_kernel_size(), (0.1, 2.0))], p=spec["blur_p"]),
         T.RandomSolarize(128, p=spec["solarize_p"]),
         T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
 
@@ -101,7 +101,7 @@ def measure(policy, size, a):
     # a few hundred distinct images, repeated to --n: make_shapes takes seconds at 96 px
     x, y = common.make_shapes(min(a.n, 512), size, seed=0)
     x = x.repeat((a.n + len(x) - 1) // len(x), 1, 1, 1)[:a.n]
-    data = common.Data((x, y), (x, y), (x, y), 10, MEAN, STD)  # only its mean and std are used
+    data = common.Data((x, y), (x, y), (x, y), list(range(10)), MEAN, STD)  # only its mean and std are used
     ours = common.Augment(policy, data, size)
     batch = x[:a.batch].to(a.device)
     ours(batch)  # warm-up

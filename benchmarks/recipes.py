@@ -55,7 +55,7 @@ def export_digits(root):
     by a fixed permutation; the image-folder loader resizes them to --image-size."""
     if os.path.isdir(os.path.join(root, "val")):
         return root
-    import torchvision
+    from PIL import Image
     from sklearn.datasets import load_digits
     digits = load_digits()
     images = torch.from_numpy(digits.images * (255 / 16)).round().to(torch.uint8)  # (1797, 8, 8)
@@ -64,7 +64,7 @@ def export_digits(root):
         split = "train" if rank < 0.8 * len(images) else "val"
         folder = os.path.join(root, split, str(digits.target[i]))
         os.makedirs(folder, exist_ok=True)
-        torchvision.io.write_png(images[i][None].expand(3, 8, 8).contiguous(), os.path.join(folder, f"{i}.png"))
+        Image.fromarray(images[i].numpy()).save(os.path.join(folder, f"{i}.png"))  # 8-bit grey
     return root
 
 

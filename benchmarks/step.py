@@ -118,11 +118,11 @@ class Method:
         """AdaDim's measure_alpha as its main() calls it (without momentum encoder), on random images."""
         images = torch.randint(0, 256, (4 * a.batch_size, 3, a.image_size, a.image_size), dtype=torch.uint8,
                                device=self.device)
-        data = common.Data((images.cpu(), None), (None, None), (None, None), 10, (0.5,) * 3, (0.25,) * 3)
+        split = (images.cpu(), torch.zeros(len(images), dtype=torch.long))
+        data = common.Data(split, split, split, list(range(10)), (0.5,) * 3, (0.25,) * 3)
         augment = common.Augment(self.args.policy, data, a.image_size)
         start = time.perf_counter()
-        self.module.measure_alpha(self.model, self.model, images, augment, a.batch_size, self.args.alpha_batches,
-                                  self.device)
+        self.module.measure_alpha(self.model, images, augment, a.batch_size, self.args.alpha_batches, self.device)
         sync(self.device)
         return time.perf_counter() - start
 

@@ -26,7 +26,7 @@ THRESHOLD = common.SOLARIZE_THRESHOLD
 
 def make_data(x):
     y = torch.arange(len(x)) % 10
-    return common.Data((x, y), (x, y), (x, y), 10, MEAN, STD)
+    return common.Data((x, y), (x, y), (x, y), [str(k) for k in range(10)], MEAN, STD)
 
 
 def special_images(size=32):
@@ -147,7 +147,7 @@ def test_grayscale_matches_torchvision():
         assert close(out[i], TF.rgb_to_grayscale(x[i], num_output_channels=1))
 
 
-@pytest.mark.parametrize("k", [3, 5, 23])
+@pytest.mark.parametrize("k", [3, 5, 13, 23])
 def test_gaussian_blur_matches_torchvision(k):
     # Separable blur with one sigma per sample equals TF.gaussian_blur([k, k], [sigma, sigma])
     # (reflect padding; k = 23 pads 11 on a 32 px image, below the reflect limit of 32).
@@ -201,7 +201,7 @@ def reference_before_solarize(img, p, i, size):
     if p["gray"][i]:
         out = TF.rgb_to_grayscale(out, num_output_channels=3)
     if p["blur"][i]:
-        k, s = common.blur_kernel_size(size), float(p["sigma"][i])
+        k, s = common.blur_kernel_size(), float(p["sigma"][i])
         out = TF.gaussian_blur(out, [k, k], [s, s])
     return out
 
@@ -476,7 +476,16 @@ def test_asymmetric_policy_is_thesis_table_b1():
     assert common.SOLARIZE_THRESHOLD == 128 / 255
 
 
-@pytest.mark.parametrize("size,k", [(32, 3), (64, 7), (96, 9), (224, 23)])
-def test_blur_kernel_size(size, k):
-    # About 10% of the side and odd: 23 at 224 px as in BYOL, 3 at 32 px.
-    assert common.blur_kernel_size(size) == k
+def test_blur_kernel_keeps_the_whole_gaussian():
+    # 3 sigma each side of sigma 2: 13 taps at every image size; the discrete kernel's own standard deviation
+    # is then sigma within 1% (a 3-tap kernel, 10% of a 32 px side, gives 0.8 for sigma 2)
+    k = common.blur_kernel_size()
+    assert k == 13 and common.blur_kernel_size(1.0) == 7
+    def kernel_std(k, sigma):  # the standard deviation of the discrete, truncated, normalised kernel
+        t = torch.arange(k, dtype=torch.float64) - k // 2
+        w = torch.exp(-t ** 2 / (2 * sigma ** 2))
+        return ((w / w.sum()) * t ** 2).sum().sqrt().item()
+    for sigma in (1.0, 1.5, 2.0):
+        assert kernel_std(k, sigma) == pytest.approx(sigma, rel=0.01)
+    assert kernel_std(3, 2.0) == pytest.approx(0.80, abs=0.01)  # what 3 taps did to sigma 2
+    assert common.BLUR_SIGMA == (0.1, 2.0)

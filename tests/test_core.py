@@ -147,14 +147,14 @@ def test_knn_matches_explicit_loop():
         for s, c in sorted(sims, reverse=True)[:k]:
             votes[c] += math.exp(s / T)
         correct += int(max(range(4), key=votes.__getitem__) == int(y))
-    assert common.knn_accuracy(train_f, train_y, test_f, test_y, k=k, temperature=T, chunk=4) == correct / 25
+    assert common.knn_accuracy(train_f, train_y, test_f, test_y, 4, k=k, temperature=T, chunk=4) == correct / 25
 
 
 def test_knn_perfect_on_separated_clusters():
     centers = torch.eye(3) * 10
     train_y, test_y = torch.arange(3).repeat(20), torch.arange(3).repeat(5)
     train_f, test_f = centers[train_y] + torch.randn(60, 3), centers[test_y] + torch.randn(15, 3)
-    assert common.knn_accuracy(train_f, train_y, test_f, test_y, k=200) == 1.0
+    assert common.knn_accuracy(train_f, train_y, test_f, test_y, 3, k=200) == 1.0
 
 
 # ------------------------------------------------------------------------------------- shapes
@@ -194,13 +194,13 @@ def test_gather_is_the_identity_on_one_process():
 
 def test_imagefolder_is_decoded_resized_and_cached(tmp_path):
     import argparse
-    import torchvision
+
+    from PIL import Image
     for split, n in (("train", 3), ("val", 2)):
         for c, colour in (("cats", 200), ("dogs", 50)):
             os.makedirs(tmp_path / split / c)
             for i in range(n):  # non-square, not at the target size
-                img = torch.full((3, 20 + i, 30), colour, dtype=torch.uint8)
-                torchvision.io.write_png(img, str(tmp_path / split / c / f"{i}.png"))
+                Image.new("RGB", (30, 20 + i), (colour,) * 3).save(tmp_path / split / c / f"{i}.png")
     (tmp_path / "train" / "cats" / "notes.txt").write_text("not an image")  # skipped with a warning
     args = argparse.Namespace(dataset="imagefolder", data_dir=str(tmp_path), image_size=16, train_subset=None)
     data = common.load_data(args)

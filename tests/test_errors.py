@@ -4,6 +4,7 @@ import hashlib
 import os
 
 import pytest
+import torch
 
 from conftest import TINY
 
@@ -90,7 +91,7 @@ def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
     args["lr"] = 1e30
     json.dump(args, open(tmp_path / "r" / "args.json", "w"))
     result = run("simclr.py", "--resume", tmp_path / "r", check=False)
-    one_line_error(result, "nan", "--lr")
+    one_line_error(result, "epoch 2", "nan", f"{tmp_path / 'r' / 'last.pt'} holds epoch 1", "--lr")
     assert digest(ckpt) == before
 
 
@@ -223,7 +224,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
 
 # Every numeric flag of the shared parser with values it must refuse (exit 2, one line naming the flag).
 REFUSED = {
-    "--image-size": ["0", "7", "nan", "16.5", "x"], "--train-subset": ["0", "-3", "inf"],
+    "--image-size": ["0", "7", "nan", "16.5", "x"], "--train-subset": ["-1", "-3", "inf"],
     "--width": ["0", "-1", "2.5"], "--epochs": ["0", "-1", "nan"], "--batch-size": ["1", "0", "-64", "1e3"],
     "--lr": ["0", "-0.1", "nan", "inf", "-inf", "fast"], "--min-lr": ["-1e-6", "nan", "inf"],
     "--warmup-lr": ["-0.003", "nan"], "--weight-decay": ["-1", "nan", "inf"], "--warmup-epochs": ["-1", "nan", "inf"],
@@ -306,3 +307,134 @@ def test_cli_fuzz(tmp_path, capsys):
     print(outcomes)
     assert outcomes["finished"] >= 5 and outcomes["refused"] >= 5  # both kinds were exercised
     assert digest(tmp_path / "kept" / "last.pt") == kept
+
+
+# ------------------------------------------------------------------ nothing non-finite is ever written
+def test_weights_broken_by_the_last_update_of_an_epoch_are_not_saved(run, tmp_path):
+    """The reported case: epoch 1's mean loss is finite, but its last updates made weights and optimizer
+    state NaN. Nothing of the epoch is saved, and the message says that no checkpoint exists."""
+    flags = ["--width", "4", "--image-size", "16", "--train-subset", "256", "--batch-size", "64", "--epochs", "4",
+             "--warmup-epochs", "0", "--optimizer", "sgd", "--lr", "0.3", "--device", "cpu", "--out", tmp_path,
+             "--name", "r"]
+    result = run("vicreg.py", *flags, check=False)
+    one_line_error(result, "epoch 1", "not finite", "model:", "optimizer:", "no checkpoint was written", "--lr")
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+class State:  # an object with a state_dict, as main() puts in its `state`
+    def __init__(self, values):
+        self.values = values
+
+    def state_dict(self):
+        return self.values
+
+
+@pytest.mark.parametrize("part,values,needle", [
+    ("model", {"w": torch.tensor([1.0, float("nan")]), "steps": torch.tensor(3)}, "model: 1 of 2 values (e.g. w)"),
+    ("optimizer", {"state": {0: {"momentum_buffer": torch.tensor([float("inf")])}}, "param_groups": [{"lr": 0.1}]},
+     "optimizer: 1 of 2 values (e.g. state.0.momentum_buffer)"),
+    ("loss", {"R1": torch.eye(2, dtype=torch.float64) * float("nan")}, "loss: 1 of 1 values (e.g. R1)"),
+    ("alpha", {"alpha": float("nan"), "beta": 0.0}, "alpha: 1 of 2 values (e.g. alpha)"),
+])
+def test_every_part_of_the_state_is_checked_and_the_message_says_what_is_on_disk(tmp_path, part, values, needle):
+    import argparse
+
+    import common
+    import signal
+    args = argparse.Namespace(out=str(tmp_path), name="r", resume=None, epochs=5, batch_size=8, lr=0.3)
+    handler = signal.getsignal(signal.SIGINT)
+    run = common.Run(args, __file__, torch.device("cpu"))
+    signal.signal(signal.SIGINT, handler)
+    os.makedirs(run.dir)
+    good = {"model": State({"w": torch.ones(2)})}
+    row = {"epoch": 1, "loss": 1.0}
+    run.check_finite(row, good)  # finite: nothing happens
+    with pytest.raises(SystemExit) as e:
+        run.check_finite(row, {**good, part: State(values)})
+    assert needle in str(e.value) and "no checkpoint was written" in str(e.value)
+    run.save(1, good)
+    with pytest.raises(SystemExit) as e:
+        run.check_finite({"epoch": 2, "loss": float("nan")}, good)
+    assert "loss = nan" in str(e.value) and f"{tmp_path / 'r' / 'last.pt'} holds epoch 1" in str(e.value)
+
+
+def test_metrics_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
+    import metrics
+    run_dir = tmp_path / "r"
+    import simclr
+    import signal
+    handler, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
+    try:
+        simclr.main([*ONE_EPOCH, "--width", "2", "--train-subset", "64", "--batch-size", "32", "--out", str(tmp_path),
+                     "--name", "r"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        torch.set_num_threads(threads)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    ckpt["state"]["model"]["backbone.conv1.weight"][0] = float("nan")
+    torch.save(ckpt, run_dir / "nan.pt")
+    with pytest.raises(SystemExit) as e:
+        metrics.main([str(run_dir / "nan.pt"), "--nlr-steps", "0"])
+    assert "non-finite weights" in str(e.value) and "backbone.conv1.weight" in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ what a newcomer trips on
+def test_help_shows_every_flag_with_its_default(run):
+    out = run("simclr.py", "--help").stdout
+    options = out.split("\noptions:")[1]  # past the usage block
+    lr = " ".join(options.split("\n  --lr ")[1].split("\n  --")[0].split())
+    assert "(default: 0.4)" in lr  # the method's value, RECIPES['all']
+    assert "shapes: image_size=16" in out.replace("\n", " ").replace("  ", " ")  # each dataset's recipe
+    for flag in ("--dataset", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--policy", "--arch",
+                 "--weight-decay", "--threads"):
+        line = options.split(f"\n  {flag} ", 1)[1].split("\n  --")[0]
+        assert len(line.split()) > 2, flag  # a help text, not just the flag
+
+
+def test_progress_lines_when_the_output_is_piped(tmp_path, capsys, monkeypatch):
+    """With the output going to a file there is no progress bar, so a plain line appears every
+    PROGRESS_SECONDS (0 here: every step) with the step count and the speed."""
+    import signal
+
+    import common
+    import simclr
+    monkeypatch.setattr(common, "PROGRESS_SECONDS", 0)
+    handler, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
+    try:
+        simclr.main(["--width", "2", "--train-subset", "128", "--batch-size", "32", "--epochs", "1",
+                     "--out", str(tmp_path), "--name", "r"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "epoch 1/1: 1/4 steps" in out and "epoch 1/1: 3/4 steps" in out and "steps/s" in out
+
+
+def test_ctrl_c_while_the_data_loads_is_one_line(tmp_path):
+    """SIGINT during the decoding of an image folder: one line on stderr, no traceback, no cache left."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from PIL import Image
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / c)
+            for i in range(20):
+                Image.new("RGB", (12, 12), (i, 2 * i, 3 * i)).save(tmp_path / "data" / split / c / f"{i}.png")
+    slow = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import common, simclr\n"
+            "decode = common.decode_image\n"
+            "common.decode_image = lambda *a: (time.sleep(0.2), decode(*a))[1]\n"
+            "common.PROGRESS_SECONDS = 0\n"
+            f"simclr.main(['--dataset', 'imagefolder', '--data-dir', {str(tmp_path / 'data')!r}, '--recipe', 'shapes',"
+            f" '--threads', '1', '--out', {str(tmp_path / 'runs')!r}, '--name', 'r'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    while "decoding" not in proc.stdout.readline():  # the progress lines of the decoding have started
+        assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.strip().splitlines() == ["error: interrupted (Ctrl-C); no checkpoint was "
+                                                               "written, nothing to resume"], err
+    assert not [f for f in os.listdir(tmp_path / "data") if f.startswith("cache")]

@@ -107,18 +107,51 @@ def test_fraction_draws_targets_and_marks_the_rest_nan():
 
 
 # -------------------------------------------------------------------------------------- spectra
-def test_effective_rank_and_rankme_closed_forms():
+def known_spectrum(n, s, seed=0):
+    """X = U diag(s) V^T (n, d) with chosen singular values s, U's first column the constant 1/sqrt(n):
+    uncentred, the singular values are s; centred (the mean removed) they are s[1:] and a 0, so every
+    spectral measure has one closed form per convention and a change of convention fails a test."""
+    g = torch.Generator().manual_seed(seed)
+    d = len(s)
+    rest = torch.randn(n, d - 1, generator=g, dtype=torch.float64)
+    u, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1, dtype=torch.float64), rest - rest.mean(0)], 1))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return u * torch.tensor(s, dtype=torch.float64) @ v.T
+
+
+def entropy_rank(s):  # exp(H(s / |s|_1)) by hand
+    p = [x / sum(s) for x in s if x > 0]
+    return math.exp(-sum(q * math.log(q) for q in p))
+
+
+@pytest.mark.parametrize("s", [[5.0, 3.0, 2.0, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0], [9.0, 0.1, 0.1, 0.1]])
+def test_spectral_measures_against_closed_forms_both_conventions(s):
+    x = known_spectrum(200, s)
+    assert M.singular_values(x).tolist() == pytest.approx(sorted(s, reverse=True), rel=1e-9)
+    assert M.singular_values(x, center=True).tolist() == pytest.approx(sorted(s[1:], reverse=True) + [0.0], abs=1e-9)
+    assert M.effective_rank(x) == pytest.approx(entropy_rank(s), rel=1e-9)                 # uncentred: AdaDim H(R)
+    assert M.effective_rank_centered(x) == pytest.approx(entropy_rank(s[1:]), rel=1e-9)    # centred: its own name
+    p = [v / sum(s) + 1e-7 for v in s]
+    assert M.rankme(x) == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)), rel=1e-9)  # uncentred, eps
+    lam = sorted([v * v / 199 for v in s[1:]], reverse=True) + [0.0]                      # covariance eigenvalues
+    assert M.covariance_eigenvalues(x).tolist() == pytest.approx(lam, abs=1e-12)
+    assert M.eigenvalue_count(x, tau=0.01) == sum(v / sum(lam) > 0.01 for v in lam)
+    top = max(1, math.floor(0.3 * len(lam) + 1e-9))
+    assert M.explained_variance_ratio(x, top=0.3) == pytest.approx(sum(lam[:top]) / sum(lam), rel=1e-9)
+    assert M.numerical_rank(x, tau=0.9) == sum(v >= 0.9 for v in s)                        # uncentred, absolute
+
+
+def test_effective_rank_reads_a_collapse_as_collapsed():
+    torch.manual_seed(0)
+    assert M.effective_rank(torch.ones(100, 8)) == pytest.approx(1.0)            # every row the same: rank 1
+    assert M.effective_rank(torch.ones(100, 8) + 1e-6 * torch.randn(100, 8)) < 1.001   # plus a little noise
+    assert M.effective_rank_centered(torch.ones(100, 8)) == 0.0                   # no spread around the mean
+    one = torch.randn(100, 1) @ torch.randn(1, 8)
+    assert M.effective_rank(one) == pytest.approx(1, rel=1e-6) and M.rankme(one) == pytest.approx(1, abs=1e-3)
+    assert M.effective_rank(torch.zeros(100, 8)) == 0.0 and M.rankme(torch.zeros(100, 8)) == 0.0
+    assert M.effective_rank(torch.randn(1, 8)) == pytest.approx(1.0)               # a single sample
     q = orthonormal_columns(200, 6)
-    assert M.effective_rank(3 * q) == pytest.approx(6, rel=1e-9)
-    assert M.rankme(3 * q) == pytest.approx(6, rel=1e-5)
-    one = q[:, :1] @ torch.randn(1, 6, dtype=torch.float64)
-    assert M.effective_rank(one) == pytest.approx(1, rel=1e-6)
-    assert M.rankme(one) == pytest.approx(1, abs=1e-3)
-    s = torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64)  # exp(H(s / |s|_1)) by hand
-    p = s / s.sum()
-    x = q[:, :4] * s @ torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
-    assert M.effective_rank(x) == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-9)
-    assert M.singular_values(x).tolist() == pytest.approx(s.tolist(), rel=1e-9)
+    assert M.effective_rank(3 * q) == pytest.approx(6, rel=1e-9) and M.rankme(3 * q) == pytest.approx(6, rel=1e-5)
 
 
 def test_numerical_rank_counts_singular_values_at_or_above_tau():
@@ -135,6 +168,10 @@ def test_eigenvalue_count_and_explained_variance():
     assert M.eigenvalue_count(x, tau=0.01) == 4 and M.eigenvalue_count(x, tau=0.2) == 2
     assert M.explained_variance_ratio(x, top=0.3) == pytest.approx(0.5)    # floor(1.8) = 1 eigenvalue
     assert M.explained_variance_ratio(x, top=0.5) == pytest.approx(0.95)   # 3 eigenvalues
+    # N is d, the number of covariance eigenvalues, also with fewer samples than dimensions (zeros added)
+    few = orthonormal_columns(4, 3) @ torch.randn(3, 10, dtype=torch.float64)   # rank 3 in 10 dimensions
+    assert len(M.covariance_eigenvalues(few)) == 10 and M.covariance_eigenvalues(few)[3:].abs().max() < 1e-12
+    assert M.explained_variance_ratio(few, top=0.3) == pytest.approx(1.0)        # 3 of 10 hold all of it
 
 
 def test_von_neumann_and_matrix_entropy():
@@ -323,13 +360,24 @@ def test_track_on_a_tiny_model():
     torch.manual_seed(0)
     backbone = common.backbone("resnet18", width=2, image_size=16)
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    base = {f"{m}_{v}" for m in ("effective_rank", "aac", "avg_corr", "eigenvalue_count", "explained_variance_top30")
+            for v in "RZ"} | {"renyi_mi_RZ", "std_Z", "uniformity_Z", "spectrum_Z"}
+    two_views = {"infonce", "infonce_upper", "alignment_Z"}
     for projector, linear in ((nn.Linear(16, 8, bias=False), True), (common.projector([16, 32, 8]), False)):
-        backbone.train(), projector.train()
-        out = M.track(backbone, projector, images, Data(), torch.device("cpu"))
-        keys = {"effective_rank_R", "effective_rank_Z", "renyi_mi_RZ", "aac_R", "std_Z", "uniformity_Z"}
-        assert set(out) == keys | ({"projector_rank"} if linear else set())
-        assert all(math.isfinite(v) for v in out.values())
-        assert backbone.training and projector.training               # modes restored
+        for policy in (None, "small"):
+            backbone.train(), projector.train()
+            out = M.track(backbone, projector, images, Data(), torch.device("cpu"), policy)
+            expected = base | ({"projector_rank"} if linear else set()) | (two_views if policy else set())
+            expected |= {"unexplained_variance"} if linear and policy else set()
+            assert set(out) - {"undefined"} == expected, (linear, policy)
+            assert all(v is not None and all(math.isfinite(x) for x in finite_values(v)) for v in out.values()
+                       if not isinstance(v, dict))
+            assert backbone.training and projector.training               # modes restored
+            r, z = M.extract(backbone, projector, images, Data(), torch.device("cpu"))
+            assert out["spectrum_Z"] == pytest.approx(M.covariance_eigenvalues(z).tolist(), rel=1e-6, abs=1e-12)
+            assert out["effective_rank_Z"] == pytest.approx(M.effective_rank(z), rel=1e-6)
+            if policy:
+                assert out["infonce"] <= out["infonce_upper"]
     assert out["effective_rank_R"] <= 16 and out["effective_rank_Z"] <= 8
 
 
@@ -357,9 +405,11 @@ def checkpoint(tmp_path_factory):
 
 def test_cli_prints_every_measure(checkpoint):
     result = run_script("metrics.py", checkpoint, "--max-samples", "400", "--nlr-steps", "100")
-    table = {line.split()[0]: line.split()[1] for line in result.stdout.strip().splitlines()[1:]}
+    lines = result.stdout.strip().splitlines()
+    lines = [line for line in lines[[l.split()[0] for l in lines].index("measure") + 1:] if " is undefined: " not in line]
+    table = {line.split()[0]: line.split()[1] for line in lines}
     saved = json.load(open(checkpoint.parent / "metrics.json"))
-    assert set(table) == set(saved)
+    assert set(table) == set(saved) - {"undefined"}
     for key in ("effective_rank_R", "rankme_Z", "eigenvalue_count_R", "explained_variance_top30_Z",
                 "von_neumann_entropy_R", "matrix_entropy_Z", "renyi_entropy_R", "logdet_entropy_Z",
                 "pairwise_entropy_R", "std_Z", "uniformity_Z", "aac_R", "avg_corr_R", "lr_R", "nlr_R",
@@ -381,6 +431,7 @@ def test_cli_compare_and_json(checkpoint, tmp_path, capsys):  # in-process: no s
     out = tmp_path / "both.json"
     M.main(["--compare", str(checkpoint), str(other), "--max-samples", "200", "--nlr-steps", "0", "--json", str(out)])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    rows = rows[[r[0] for r in rows].index("measure"):]
     assert rows[0][:3] == ["measure", "r1", "r2"]
     assert all(row[1] == row[2] for row in rows[1:])               # same weights, same numbers
     saved = json.load(open(out))
@@ -438,3 +489,97 @@ def test_track_every_logs_the_measures_from_a_method_script(run, tmp_path):
     assert not keys & set(rows[1]) and keys <= set(rows[2])  # epoch 1: not tracked; epoch 2: tracked
     assert all(math.isfinite(rows[2][k]) for k in keys)
     assert 1 <= rows[2]["projector_rank"] <= 16 and 1 <= rows[2]["effective_rank_Z"] <= 16
+
+
+# ---------------------------------------------------------------------- degenerate features
+DEGENERATE = {  # the features a collapsed or tiny run gives
+    "constant": lambda: torch.ones(50, 6),
+    "zeros": lambda: torch.zeros(50, 6),
+    "rank-1": lambda: torch.randn(50, 1, generator=torch.Generator().manual_seed(0)) @ torch.ones(1, 6),
+    "one sample": lambda: torch.randn(1, 6, generator=torch.Generator().manual_seed(1)),
+    "fewer samples than dimensions": lambda: torch.randn(4, 6, generator=torch.Generator().manual_seed(2)),
+    "duplicated rows": lambda: torch.randn(5, 6, generator=torch.Generator().manual_seed(3)).repeat(10, 1),
+}
+MEASURES = {  # name -> function of one feature matrix x (n, 6)
+    "singular_values": M.singular_values, "effective_rank": M.effective_rank,
+    "effective_rank_centered": M.effective_rank_centered, "rankme": M.rankme,
+    "numerical_rank": M.numerical_rank, "covariance_eigenvalues": M.covariance_eigenvalues,
+    "eigenvalue_count": M.eigenvalue_count, "explained_variance_ratio": M.explained_variance_ratio,
+    "von_neumann_entropy": lambda x: M.von_neumann_entropy(x.T @ x), "matrix_entropy": lambda x: M.matrix_entropy(x.T @ x),
+    "renyi_entropy": lambda x: M.renyi_entropy(x @ x.T), "renyi2_entropy": M.renyi2_entropy,
+    "renyi_mutual_information": lambda x: M.renyi_mutual_information(x, x[:, :3]),
+    "logdet_entropy": M.logdet_entropy, "ld_mutual_information": lambda x: M.ld_mutual_information(x[:, :3], x[:, 3:]),
+    "gaussian_mutual_information": lambda x: M.gaussian_mutual_information(x[:, :3], x[:, 3:]),
+    "pairwise_distance_entropy": M.pairwise_distance_entropy, "alignment": lambda x: M.alignment(x, x),
+    "uniformity": M.uniformity, "infonce_terms": lambda x: M.infonce_terms(x, x),
+    "nearest_negatives": lambda x: M.nearest_negatives(x, x),
+    "average_absolute_correlation": M.average_absolute_correlation, "average_correlation": M.average_correlation,
+    "linear_redundancy": M.linear_redundancy, "nonlinear_redundancy": lambda x: M.nonlinear_redundancy(x, steps=3),
+    "unexplained_variance": lambda x: M.unexplained_variance(torch.eye(6)[:, :2], x),
+    "zscore": M.zscore, "correlation_matrix": M.correlation_matrix,
+}
+
+
+def finite_values(value):
+    if isinstance(value, dict):
+        return [v for x in value.values() for v in finite_values(x)]
+    if isinstance(value, (tuple, list)):
+        return [v for x in value for v in finite_values(x)]
+    if torch.is_tensor(value):
+        return value.double().flatten().tolist()
+    return [float(value)]
+
+
+@pytest.mark.parametrize("kind", list(DEGENERATE))
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_every_measure_is_defined_or_refuses_clearly_on_degenerate_features(name, kind):
+    """A value that is a number (NaN only where a docstring promises it: the per-feature vectors of the
+    redundancies mark non-targets NaN), or a ValueError that says why; never a NaN result, an infinity,
+    a ZeroDivisionError or a LinAlgError."""
+    x = DEGENERATE[kind]()
+    try:
+        value = MEASURES[name](x)
+    except ValueError as e:
+        assert str(e), name
+        return
+    if name in ("linear_redundancy", "nonlinear_redundancy"):
+        value = value[0]  # (mean, per-feature vector with NaN for features that were not targets)
+    assert all(math.isfinite(v) for v in finite_values(value)), (name, kind, value)
+
+
+@pytest.mark.parametrize("kind,name,expected", [
+    ("constant", "effective_rank", 1.0), ("rank-1", "effective_rank", 1.0), ("zeros", "effective_rank", 0.0),
+    ("constant", "rankme", 1.0), ("zeros", "rankme", 0.0), ("constant", "effective_rank_centered", 0.0),
+    ("constant", "uniformity", 0.0), ("zeros", "uniformity", 0.0), ("duplicated rows", "effective_rank", None),
+    ("constant", "eigenvalue_count", 0), ("zeros", "numerical_rank", 0), ("constant", "numerical_rank", 1),
+    ("constant", "alignment", 0.0), ("constant", "renyi2_entropy", 0.0),
+])
+def test_a_collapse_reads_as_collapsed(kind, name, expected):
+    value = MEASURES[name](DEGENERATE[kind]())
+    if expected is None:  # duplicated rows: the same spectrum as the 5 distinct rows
+        assert value == pytest.approx(M.effective_rank(DEGENERATE[kind]()[:5]), rel=1e-6)
+    else:
+        assert value == pytest.approx(expected, abs=1e-4), (kind, name)
+
+
+@pytest.mark.parametrize("kind,name", [("constant", "explained_variance_ratio"), ("constant", "average_absolute_correlation"),
+                                       ("zeros", "renyi2_entropy"), ("one sample", "uniformity"),
+                                       ("one sample", "covariance_eigenvalues"), ("constant", "linear_redundancy")])
+def test_undefined_values_raise_a_clear_value_error(kind, name):
+    with pytest.raises(ValueError, match=r"\w+ \w+"):
+        MEASURES[name](DEGENERATE[kind]())
+
+
+@pytest.mark.parametrize("kind", list(DEGENERATE))
+def test_report_never_crashes_and_writes_valid_json(kind, tmp_path):
+    import common
+    x = DEGENERATE[kind]()
+    views = (x, x, x[:, :4], x[:, :4])
+    out = M.report(x, x[:, :4], labels=torch.zeros(len(x), dtype=torch.long), views=views,
+                   projector_weight=torch.eye(6)[:4], nlr_steps=3)
+    text = common.to_json(out)
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))  # NaN / Infinity refused
+    for key, value in parsed.items():
+        if value is None:
+            assert parsed["undefined"][key], key  # every null says why
+    assert parsed["effective_rank_R"] is not None

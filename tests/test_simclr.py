@@ -106,3 +106,15 @@ def test_simclr_learns_on_shapes(recipe_run):
     margin = results["knn_acc"] - results["init_knn_acc"]
     print("kNN margin over random initialisation:", margin)
     assert margin > LEARN_MIN_MARGIN, results
+
+
+def test_geometry_paper_command_in_the_docstring():
+    """The Geometry paper's section 2: linear 512 x 128 projector, beta 2 (tau 0.5), LARS lr 4.0, wd 1e-6,
+    CIFAR-100: the command the docstring gives sets every one of them."""
+    doc = simclr.__doc__
+    line = doc[doc.index("python simclr.py --dataset cifar100 --projector linear"):]
+    first, second = line.split("\n")[:2]
+    flags = first.replace("python simclr.py", "").replace("\\", "").split() + second.split()
+    args = simclr.get_args(flags)
+    assert (args.dataset, args.projector, args.proj_dim, args.temperature, args.lr, args.weight_decay,
+            args.optimizer, args.width) == ("cifar100", "linear", 128, 0.5, 4.0, 1e-6, "lars", 64)

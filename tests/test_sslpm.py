@@ -297,3 +297,41 @@ def test_table2_lambda_zero_leaves_redundant_embeddings(tmp_path):
         aac[name] = embedding_aac(tmp_path / name)
     print("AAC of projector outputs:", aac)
     assert aac["lambda0"] > aac["default"] + 0.15, aac
+
+
+def test_sourced_recipes_hold_their_values():
+    """SSLPM paper appendix E and the official configs: SSLPM-SGD at batch 512 (lambda 64 for one layer,
+    0.5 for three), SSLPM-RR at 256 with lambda 0.15; ImageNet-100 (imagefolder): 400 epochs, lambda 0.125."""
+    sgd1 = sslpm.get_args(["--dataset", "cifar100", "--predictor", "mlp"])
+    sgd3 = sslpm.get_args(["--dataset", "cifar10", "--predictor", "mlp", "--predictor-layers", "3"])
+    rr = sslpm.get_args(["--dataset", "cifar100"])
+    assert (sgd1.batch_size, sgd1.lambd, sgd1.lr, sgd1.epochs) == (512, 64.0, 0.3, 1000)
+    assert (sgd3.batch_size, sgd3.lambd) == (512, 0.5) and (rr.batch_size, rr.lambd) == (256, 0.15)
+    assert sslpm.get_args(["--dataset", "cifar100", "--predictor", "mlp", "--batch-size", "128"]).batch_size == 128
+    assert sslpm.get_args(["--predictor", "mlp"]).batch_size == sslpm.RECIPES["shapes"]["batch_size"]  # CPU recipe
+    imagenet = sslpm.get_args(["--dataset", "imagefolder"])
+    assert (imagenet.epochs, imagenet.lambd) == (400, 0.125)
+
+
+@pytest.mark.parametrize("layers,kinds", [(0, ["Identity"]), (1, ["Linear"]), (2, ["Linear", "BatchNorm1d", "ReLU", "Linear"]),
+                                          (3, ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"])])
+def test_projector_depth(layers, kinds):
+    args = sslpm.get_args(["--width", "2", "--proj-layers", str(layers), "--proj-hidden", "8", "--proj-dim", "4",
+                           "--ridge", "1"])
+    args.image_size = 16
+    model = sslpm.Model(args)
+    modules = [type(m).__name__ for m in model.projector] if layers else [type(model.projector).__name__]
+    assert modules == kinds
+    h, z = model(torch.randn(6, 3, 16, 16))
+    assert z.shape == (6, model.dim) and model.dim == (16 if layers == 0 else 4)  # 0: the backbone's 8 * width
+
+
+def test_masked_and_full_targets_give_the_same_loss_at_ridge_0():
+    """W_full = I + W_0 at mu = 0, and X W_full - X W_0 = X is 0 on the hidden entries: equal losses."""
+    torch.manual_seed(11)
+    e = sslpm.standardize(torch.randn(64, 6) @ torch.randn(6, 6)).double()
+    mask = sslpm.random_mask(64, 6, 0.5, "cpu")
+    full, masked = (sslpm.ridge_predictability_loss(e, mask, 0.0, t).item() for t in ("full", "masked"))
+    assert full == pytest.approx(masked, rel=1e-9)
+    full, masked = (sslpm.ridge_predictability_loss(e, mask, 5.0, t).item() for t in ("full", "masked"))
+    assert abs(full - masked) > 1e-6  # with a ridge they differ
