@@ -160,7 +160,9 @@ class Augment:
         if self.world > 1:
             params = [{k: shard(v) for k, v in p.items()} for p in params]
         # apply_params starts with the crop, which writes a new tensor: x itself is never modified
-        return tuple(self.data.normalize(apply_params(x, p, self.size, spec)) for p, spec in zip(params, self.views))
+        layout = torch.channels_last if channels_last(x.device) else torch.contiguous_format
+        return tuple(self.data.normalize(apply_params(x, p, self.size, spec)).contiguous(memory_format=layout)
+                     for p, spec in zip(params, self.views))
 
 
 BLUR_SIGMA = (0.1, 2.0)  # thesis B.1.1, BYOL, solo-learn: sigma uniform in [0.1, 2] pixels
@@ -868,9 +870,10 @@ def make_optimizer(model, args):
     if args.optimizer == "lars":
         groups[1]["lars_exclude"] = True
         return LARS(groups, lr=args.lr, weight_decay=args.weight_decay, clip=args.lars_clip)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")  # one kernel for all parameters: faster
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
 
 
 def lr_at(step, total_steps, warmup_steps, base_lr, start_lr=0.0, final_lr=0.0):
@@ -907,9 +910,15 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+def channels_last(device):
+    """Whether convolutions run in channels_last memory layout: faster with cuDNN and with oneDNN on the
+    CPU (benchmarks/train.py measures it); MPS supports it only in part."""
+    return device.type in ("cuda", "cpu")
+
+
 def prepare_model(model, args, device):
     sync_batchnorm(model.to(device))
-    if device.type == "cuda":
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
     if args.compile:
         model.backbone.compile()  # in place: state_dict keys stay the same
@@ -986,14 +995,41 @@ def get_device(name):
     return torch.device(name)
 
 
+def busy_cores(samples=5):
+    """How many of this process's cores other processes are using now: the kernel's count of running
+    tasks (/proc/stat procs_running, Linux; the median of a few samples 10 ms apart) minus this one,
+    scaled to the cores this process may use (a container may see a whole host's tasks). 0 elsewhere."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                counts.append(next(int(l.split()[1]) for l in f if l.startswith("procs_running")) - 1)
+        except (OSError, StopIteration, ValueError):
+            return 0
+        time.sleep(0.01)
+    mine, host = len(os.sched_getaffinity(0)), os.cpu_count() or 1
+    return sorted(counts)[len(counts) // 2] * mine / host
+
+
+def choose_threads():
+    """CPU threads when --threads is not given: torch's default (one per core, or OMP_NUM_THREADS when
+    set), less the cores other processes are busy with at startup. Every op waits for its slowest thread,
+    so a thread that shares its core with another process stalls every op: beside two busy processes on
+    2 cores the quick start took 3.1x longer with 2 threads and 1.5x with 1 (benchmarks/busy.py)."""
+    threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" in os.environ:
+        return threads
+    return max(1, threads - round(busy_cores()))
+
+
 def setup_device(args):
     """The training device of this process (--device; auto: CUDA, then MPS, then CPU), with --threads CPU
     threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU) and makes every
     process agree on the run folder name. Records the device used and world_size in args (args.json)."""
     if not sys.stdout.isatty():  # piped to a file: each line as it is printed, not minutes later
         sys.stdout.reconfigure(line_buffering=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = args.threads or choose_threads()  # recorded in args.json: a --resume uses the same number
+    torch.set_num_threads(args.threads)
     args.world_size = WORLD_SIZE
     device = get_device(args.device)
     args.device = str(device if WORLD_SIZE == 1 or device.type != "cuda" else torch.device("cuda", LOCAL_RANK))
@@ -1206,7 +1242,8 @@ def get_parser(method, doc, recipes):
                             "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
-    run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's, one per core)")
+    run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
+                     "no other process is busy with at startup, at least 1)")
     run.add_argument("--seed", type=nonnegative(int), default=0, help="random seed of the initialisation, "
                      "shuffle and augmentations")
     run.add_argument("--out", default="runs", help="folder that holds the run folders")

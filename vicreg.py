@@ -166,8 +166,6 @@ def main(argv=None):
             step = epoch * len(loader) + i
             lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
             x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
-            if device.type == "cuda":
-                x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
             with common.autocast(device):
                 h1, z1 = net(x1)
                 _, z2 = net(x2)

@@ -13,6 +13,8 @@ recipe, LARS). Each round times --steps steps of each loop (after a warm-up, Dat
 the two loops in turn; each figure is its best of --rounds rounds.
 """
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
@@ -41,8 +43,9 @@ class TwoViewsAndLabel(torch.utils.data.Dataset):
 
 
 def make(setting, data):
-    args = simclr.get_args(["--width", str(setting["width"]), "--image-size", str(setting["size"]),
-                            "--optimizer", setting["optimizer"], "--lr", str(setting["lr"]), "--policy", setting["policy"]])
+    with contextlib.redirect_stdout(io.StringIO()):  # its "recipe: ..." line
+        args = simclr.get_args(["--width", str(setting["width"]), "--image-size", str(setting["size"]), "--optimizer",
+                                setting["optimizer"], "--lr", str(setting["lr"]), "--policy", setting["policy"]])
     torch.manual_seed(0)
     model = simclr.Model(args)
     return args, model, common.make_optimizer(model, args), common.OnlineProbe(model.backbone.out_dim, 10,

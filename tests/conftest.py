@@ -3,8 +3,13 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
+# A fixed number of CPU threads for every run of the suite (runs would otherwise choose theirs from the
+# load of the moment, common.choose_threads): results then depend on the code only, and kill-and-resume
+# comparisons stay exact.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
