@@ -363,6 +363,7 @@ def load_data(args):
         summary += f"; --train-subset {subset:,} is more than there are: all are used"
     train, probe, test = [(resize_images(x, size), y) for x, y in (train, probe, test)]
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
+    args.normalize = {"mean": list(mean), "std": list(std)}  # in args.json and last.pt: to use the backbone elsewhere
     if wait and LOCAL_RANK == 0:
         dist.barrier()
     print0(f"{summary}; kNN bank {len(probe[0]):,}, test {len(test[0]):,} images, {len(names)} classes, "

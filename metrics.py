@@ -708,7 +708,8 @@ def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
     - with `policy` (the run's augmentation policy), two augmented views of the images: infonce and its
       upper bound (Geometry paper eqs. 1, 3), alignment of Z, and for a linear projector
       unexplained_variance (eq. 10);
-    - for a linear projector, projector_rank, Rank_tau of its weight (Geometry paper Figure 1).
+    - for a linear projector, projector_rank, Rank_tau of its weight (Geometry paper Figure 1), and
+      projector_effective_rank, the effective rank of the weight (its continuous counterpart).
     Cost: see benchmarks/metrics.py (about a second on a CPU for 1,000 images at width 8)."""
     r, z = extract(backbone, projector, images, data, device)
     u = F.normalize(z.double(), dim=1)
@@ -726,6 +727,7 @@ def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
     w = linear_weight(projector)
     if w is not None:
         out["projector_rank"] = numerical_rank(w, tau)
+        out["projector_effective_rank"] = effective_rank(w)
     if policy is not None:
         augment = common.Augment(policy, data, images.shape[-1], shard=False)
         h1, h2, f1, f2 = extract(backbone, projector, images, data, device, augment=augment)

@@ -37,8 +37,8 @@ Deviations:
   have them, cancelled by the BatchNorm that follows).
 - Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
 - Crops are resized bilinearly (solo-learn: bicubic). The `vicreg` policy is solo-learn's CIFAR block
-  (no blur); its ImageNet-100 config (the imagefolder recipe) also blurs with p 0.5: pass --policy
-  symmetric for a blurred variant, or add the block to common.POLICIES.
+  (no blur); solo-learn's ImageNet-100 config also blurs with p 0.5, which this file's imagefolder recipe
+  (its other values) does not.
 - The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1 (solo-learn: SGD lr 0.1 in
   the encoder's optimizer and schedule, both views).
 - The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and the

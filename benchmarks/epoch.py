@@ -14,7 +14,9 @@ run's own log.jsonl: seconds, images per second, and the peak memory of the proc
 allocator's peak; CPU: the peak resident set size, which grows, so later methods inherit it).
 """
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import os
 import resource
@@ -68,7 +70,8 @@ def main():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             start = time.time()
-            importlib.import_module(file).main(argv)
+            with contextlib.redirect_stdout(io.StringIO()):  # the method's own lines: the table is the output
+                importlib.import_module(file).main(argv)
             log = [json.loads(line) for line in open(os.path.join(out, name, "log.jsonl"))]
             peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

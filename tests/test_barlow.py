@@ -103,7 +103,7 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
     assert "results:" in result.stdout
 
 
-LEARN_MIN_MARGIN = 0.02  # about half the smallest kNN margin over seeds 0-2 in README Results
+LEARN_MIN_MARGIN = 0.017  # about half the smallest kNN margin over seeds 0-2 in README Results
 
 
 def test_barlow_learns_on_shapes(recipe_run):

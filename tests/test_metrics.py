@@ -367,7 +367,8 @@ def test_track_on_a_tiny_model():
         for policy in (None, "small"):
             backbone.train(), projector.train()
             out = M.track(backbone, projector, images, Data(), torch.device("cpu"), policy)
-            expected = base | ({"projector_rank"} if linear else set()) | (two_views if policy else set())
+            expected = base | ({"projector_rank", "projector_effective_rank"} if linear else set())
+            expected |= two_views if policy else set()
             expected |= {"unexplained_variance"} if linear and policy else set()
             assert set(out) - {"undefined"} == expected, (linear, policy)
             assert all(v is not None and all(math.isfinite(x) for x in finite_values(v)) for v in out.values()
