@@ -2,7 +2,7 @@
 without the variance term the embeddings collapse to a point (total collapse); without the covariance term
 they keep their scale but span few directions (dimensional collapse).
 
-    python reproduce/collapse.py                 # the shapes CPU recipe, 3 runs: about 3 minutes on 2 cores
+    python reproduce/collapse.py                 # the shapes CPU recipe, 3 runs: about 2 minutes on 2 cores
     python reproduce/collapse.py --seeds 0 1 2
 
 Three runs of vicreg.py's CPU recipe: the full loss, --std-coeff 0 and --cov-coeff 0, with --track-every 1

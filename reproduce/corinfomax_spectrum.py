@@ -2,7 +2,7 @@
 Information Maximization Criterion", Figure 5.3), and its training LDMI rises with the test accuracy
 (Figures 5.1 and 5.2).
 
-    python reproduce/corinfomax_spectrum.py               # 2 runs of the shapes CPU recipe: about 2 minutes on 2 cores
+    python reproduce/corinfomax_spectrum.py      # 2 runs of the shapes CPU recipe: about 1 minute on 2 cores
     python reproduce/corinfomax_spectrum.py --seeds 0 1 2
 
 Two runs with the same projector (hidden 256, output 32) and the `moderate` augmentation: corinfomax.py's

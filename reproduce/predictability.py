@@ -3,7 +3,7 @@ Representation Learning", Table 2, Figures 3-5, Theorem 3.2): without the predic
 does not learn; the prediction loss rises with lambda while accuracy peaks before it; a ridge predictor
 does better than MLP predictors; and every representation obeys AAC <= sqrt(LR) <= sqrt(NLR).
 
-    python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 8 minutes on 2 cores
+    python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 5 minutes on 2 cores
     python reproduce/predictability.py --seeds 0 1 2
 
 Runs: sslpm.py's CPU recipe (SSLPM-RR) with --lambda 0, 0.25, 0.5, 1 (the recipe's), 2, 4; and SSLPM-SGD

@@ -3,7 +3,7 @@ et al. 2022, arXiv 2205.06926, Figures 1, 3, 5 and 7): with stronger augmentatio
 loses rank, the nearest negatives come closer, InfoNCE sits under its upper bound (eq. 3), and part of the
 displacement between an image and its nearest negative falls outside the projector's column space (eq. 10).
 
-    python reproduce/projector_rank.py           # 3 runs: about 3 minutes on 2 cores
+    python reproduce/projector_rank.py           # 3 runs: about 2 minutes on 2 cores
     python reproduce/projector_rank.py --seeds 0 1 2
 
 Runs: simclr.py with a linear, bias-free projector (--projector linear --proj-dim 32) under the paper's
