@@ -13,7 +13,6 @@ information between the backbone's representation R and the projector's embeddin
     L_mut    = (I(R'; Z) + I(R; Z')) / 2   order-2 Renyi matrix mutual information of opposite views:
                K = Gram of the L2-normalised rows / n (trace 1), H_2(K) = -log tr(K^2),
                I(A; B) = H_2(A) + H_2(B) - H_2(A * B / tr(A * B))   (* = Hadamard product)
-ER is the effective rank of Roy & Vetterli: exp of the entropy of the L1-normalised singular values.
 
 Run:        python adadim.py                                     (CPU recipe on shapes, minutes on 2 cores)
             python adadim.py --dataset cifar100                  (ResNet-18, 1000 epochs, GPU)
@@ -27,30 +26,25 @@ Expected:   paper Table 4 (ResNet-18, 1000 epochs, batch 256): 92.81% CIFAR-10 /
 Deviations:
 - Loss weights as equation 5 and the text (VICReg early, InfoNCE late, Figure 5c); the appendix A.3
   pseudocode swaps alpha and 1 - alpha and tests `alpha_epoch % current_epoch`: both slips.
-- Alpha follows section 4's text: ER(Z) of one view's embeddings (b, F) over min(b, F), averaged over 10
-  batches, alpha = 0 until the first measurement at the end of the first window (the text: alpha "will
-  gradually transition from 0 to 1"). The pseudocode measures ER(cat(z1, z2)) / min(2b, F), from epoch 0
-  on the random network, which starts a run mostly InfoNCE (alpha about 0.7). Alpha is measured at the
-  start of epochs e, 2e, ... (e = --alpha-every), right after the epoch is reseeded, on freshly drawn
-  and augmented batches in train mode (BatchNorm buffers restored after).
+- Alpha follows section 4's text: ER(Z) of one view's embeddings over min(b, F), 0 until it is first
+  measured at the end of the first window (alpha "will gradually transition from 0 to 1"); the
+  pseudocode's ER(cat(z1, z2)) / min(2b, F) from epoch 0, on the random network, starts a run mostly
+  InfoNCE (alpha about 0.7). Measured at the start of epochs e, 2e, ... (e = --alpha-every).
 - H_2 is the order-2 Renyi entropy of appendix A.6 (-log tr K^2); section 4 prints a factor 1/2.
   Gram matrices are divided by their trace (= n for unit rows), so the Hadamard one is trace 1 too.
-- Momentum encoder (A.3): EMA of backbone + projector parameters, momentum 0.996 rising to 1 on a
-  cosine over the steps (BYOL), updated after each optimizer step; it runs in train mode without
-  gradient. As the pseudocode: VICReg and InfoNCE averaged over (z1, z2m) and (z1m, z2), L_mut over
-  four pairs / 4 (the two momentum pairs carry no gradient); alpha from the online z1 (text, above).
+- Momentum encoder (A.3): EMA of backbone + projector, momentum 0.996 rising to 1 on a cosine (BYOL),
+  in train mode without gradient. As the pseudocode: VICReg and InfoNCE averaged over (z1, z2m) and
+  (z1m, z2), L_mut over four pairs / 4 (the momentum pairs carry no gradient); alpha from the online z1.
 - The expanded setting of Table 7 (SGD, ReSSL augmentation, 512-d projector output with a final
   BatchNorm, Table 8 offline evaluation) is not a recipe; pass its flags to approximate it.
 - VICReg as official code (variance term halved, invariance MSE over N * D entries); InfoNCE as
   simclr.py (mean over 2N anchors, log-sum-exp). LARS as simclr.py (solo-learn eta 0.02, clip).
 - --alpha-mode linear/cosine rise from 0 to 1 per epoch (Table 2 does not give their form);
   --beta-mode fixed uses beta = gamma throughout (Table 2's "beta = 1" rows).
-- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1; the paper's online numbers
-  (A.4.1) come from solo-learn's probe: SGD lr 0.1 with the encoder's schedule, both views. Compare
-  this file's probe accuracy with the paper's only loosely.
-- Table 9 recipes: stl10 is its STL10 baseline row (400 epochs, gamma 1e-2, ResNet-50); imagefolder is
-  its ImageNet100 baseline row (400 epochs, gamma -0.1, ResNet-18, batch 256; Table 4's caption says
-  batch 128). Crops are resized bilinearly (solo-learn: bicubic).
+- The online probe has its own AdamW (lr 1e-3), on view 1; the paper's online numbers (A.4.1) come from
+  solo-learn's: SGD lr 0.1 with the encoder's schedule, both views. Compare them only loosely.
+- Table 9 rows: stl10 400 epochs, gamma 1e-2, ResNet-50; imagefolder (ImageNet100) 400 epochs, gamma
+  -0.1, ResNet-18, batch 256 (Table 4's caption: 128). Crops are resized bilinearly (solo-learn: bicubic).
 """
 import copy
 import math
@@ -191,12 +185,10 @@ def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
 
 # ------------------------------------------------------------------------------ alpha and beta
 class AlphaSchedule:
-    """alpha, beta and the effective rank alpha came from. Section 4: alpha "will gradually transition
-    from 0 to 1 during training as the dimensionality of the space increases", the dimensionality being
-    computed "after every e_alpha epochs of training": so alpha is 0 (pure VICReg) in the first window,
-    and start_epoch(epoch, measure) measures it at the start of epochs e, 2e, 3e, ... (e = --alpha-every),
-    i.e. at the end of each window; measure() returns (effective rank, effective rank / min(b, F)).
-    Saved in last.pt, so a resumed run keeps the alpha of its current window."""
+    """alpha, beta and the effective rank alpha came from. Section 4 computes the dimensionality "after
+    every e_alpha epochs of training", so alpha is 0 (VICReg) in the first window, and start_epoch
+    measures it at the start of epochs e, 2e, ... (the end of each window); measure() returns (effective
+    rank, effective rank / min(b, F)). Saved in last.pt: a resumed run keeps its window's alpha."""
     def __init__(self, args):
         self.mode, self.every, self.epochs, self.gamma = args.alpha_mode, args.alpha_every, args.epochs, args.gamma
         self.fixed_alpha, self.beta_mode = args.alpha, args.beta_mode
@@ -222,10 +214,9 @@ class AlphaSchedule:
 
 @torch.no_grad()
 def measure_alpha(model, images, augment, batch_size, batches, device):
-    """Section 4: the effective rank ER(Z) of the embeddings Z (b, F) of view 1 of `batches` randomly
-    chosen, augmented training batches, averaged, and its ratio to the largest possible value min(b, F)
-    (b the global batch). Train mode, as the training step; BatchNorm running statistics are put back
-    afterwards. Returns (mean effective rank, mean ratio)."""
+    """Section 4: ER(Z) of view 1's embeddings Z (b, F) of `batches` random augmented training batches and
+    its ratio to min(b, F) (b the global batch), averaged. Train mode, as the training step (BatchNorm
+    running statistics put back afterwards). Returns (mean effective rank, mean ratio)."""
     saved = {k: v.clone() for k, v in model.named_buffers()}
     ranks, ratios = [], []
     for _ in range(batches):
@@ -268,12 +259,6 @@ class MomentumEncoder:
         for m, p in zip(self.model.parameters(), model.parameters()):
             m.mul_(tau).add_(p.detach(), alpha=1 - tau)
 
-    def state_dict(self):
-        return self.model.state_dict()
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict(state)
-
 
 # ------------------------------------------------------------------------------------ training
 def main(argv=None):
@@ -295,7 +280,7 @@ def main(argv=None):
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     state = dict(model=model, optimizer=optimizer, probe=probe, alpha=schedule)  # what last.pt holds
     if momentum:
-        state["momentum"] = momentum
+        state["momentum"] = momentum.model
     start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 

@@ -592,7 +592,7 @@ def decode_split(files, size, desc):
     torch.set_num_threads(1)  # one image per thread, no threads inside its resize
     pool = concurrent.futures.ThreadPoolExecutor(threads)
     try:
-        for _ in progress(pool.map(one, range(len(files))), len(files), desc, unit="file"):
+        for _ in Progress(pool.map(one, range(len(files))), len(files), desc, unit="file"):
             pass
     finally:  # also on Ctrl-C: drop what has not started
         pool.shutdown(wait=True, cancel_futures=True)
@@ -818,7 +818,7 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.2, momentum=0.9, weight_decay=0.0)
     loader = Loader(data.probe_x, data.probe_y, min(batch_size, len(data.probe_x)), device, shard=False)
     augment, total = Augment("linear", data, data.test_x.shape[-1], shard=False), epochs * len(loader)
-    for epoch in progress(range(epochs), epochs, "linear eval", unit="epoch"):
+    for epoch in Progress(range(epochs), epochs, "linear eval", unit="epoch"):
         for step, (x, y) in enumerate(loader):
             set_lr(optimizer, lr_at(epoch * len(loader) + step, total, 0, 0.2, final_lr=0.002))
             with torch.no_grad(), autocast(device):
@@ -929,7 +929,7 @@ def prepare_model(model, args, device):
 PROGRESS_SECONDS = 30  # without a terminal (output piped to a file), a progress line this often
 
 
-class progress:
+class Progress:
     """A tqdm bar over iterable on a terminal; when the output goes to a file or a pipe, where a bar would
     show nothing, a plain line every PROGRESS_SECONDS instead (with the last set_postfix values), so a log
     never sits silent for minutes. Only process 0 shows anything."""
@@ -1027,8 +1027,8 @@ def setup_device(args):
     """The training device of this process (--device; auto: CUDA, then MPS, then CPU), with --threads CPU
     threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU) and makes every
     process agree on the run folder name. Records the device used and world_size in args (args.json)."""
-    if not sys.stdout.isatty():  # piped to a file: each line as it is printed, not minutes later
-        sys.stdout.reconfigure(line_buffering=True)
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):  # piped to a file: each line as it
+        sys.stdout.reconfigure(line_buffering=True)                       # is printed, not minutes later
     args.threads = args.threads or choose_threads()  # recorded in args.json: a --resume uses the same number
     torch.set_num_threads(args.threads)
     args.world_size = WORLD_SIZE
@@ -1448,7 +1448,7 @@ class Run:
         fail(f"interrupted (Ctrl-C); {self.on_disk()}")
 
     def progress(self, loader, epoch):
-        return progress(loader, len(loader), f"epoch {epoch + 1}/{self.args.epochs}")
+        return Progress(loader, len(loader), f"epoch {epoch + 1}/{self.args.epochs}")
 
     def check_finite(self, row, state):
         """Stop in one line, before anything of the epoch is logged or saved, if a logged loss term of

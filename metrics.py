@@ -19,7 +19,6 @@ every --track-every epochs) and a command line:
 """
 import argparse
 import importlib
-import json
 import math
 import os
 import sys

@@ -1,7 +1,6 @@
 """Image folders as users have them: every mode and bit depth PIL writes, every extension the listing
 accepts, class sets that differ between train/ and val/, hidden and empty folders, random subsets, and a
 cache that follows the folder. Images are made here with PIL and numpy; nothing is committed."""
-import argparse
 import os
 import struct
 import zlib
