@@ -54,6 +54,8 @@ def mode_cases():
         ("I;16", "deep16.png", Image.fromarray(deep), expected_grey(np.rint(deep / 257.0)), 0),
         ("I;16", "deep16.tif", Image.fromarray(deep), expected_grey(np.rint(deep / 257.0)), 0),
         ("I", "int32.tif", Image.fromarray(deep.astype(np.int32)), expected_grey(np.rint(deep / 257.0)), 0),
+        ("I;16B", "deep16b.tif", Image.fromarray(deep.astype(">u2")), expected_grey(np.rint(deep / 257.0)), 0),
+        ("PA", "palette_alpha.tif", palette.convert("PA"), lut[np.asarray(palette)], 0),
         ("F", "float01.tif", Image.fromarray(unit), expected_grey(np.rint(unit * 255)), 0),
         ("F", "float255.tif", Image.fromarray(unit * 300), expected_grey(np.clip(np.rint(unit * 300), 0, 255)), 0),
         ("CMYK", "cmyk.tif", Image.fromarray(TRUTH).convert("CMYK"), TRUTH, 1),
