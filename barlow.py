@@ -15,7 +15,7 @@ deviation of the projector output on the training batches (the loss itself is bl
 z, so here it only shows that z did not collapse to a constant).
 
 Run:        python barlow.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
-            python barlow.py                                    (shapes, CPU recipe, about a minute)
+            python barlow.py                                    (shapes, CPU recipe, about half a minute)
             torchrun --standalone --nproc_per_node=4 barlow.py --dataset cifar100   (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 70.90% (CIFAR-100) / 92.10% (CIFAR-10) top-1 for its
             cifar/barlow.yaml at 1000 epochs (one README version labels the column online). This
@@ -65,7 +65,7 @@ RECIPES = {
         lambd=0.0051,         # solo-learn's default lamb (barlow_twins.py), the official value
         scale_loss=0.1,       # scale_loss (official: 1; see Deviations)
     ),
-    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
+    # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=512, proj_dim=128),

@@ -22,7 +22,7 @@ the thesis' convention, equation 3.6, in nats (the Gaussian mutual information w
 (the official extras/ldmi_plot code logs 4/D times this value). At the end the sorted eigenvalues of
 R1 (largest first) go into results.json as `eigenvalues_R1` (Figure 5.3).
 
-Run:        python corinfomax.py                       (shapes, the CPU recipe: about a minute on 2 cores)
+Run:        python corinfomax.py                       (shapes, the CPU recipe: about half a minute on 2 cores)
             python corinfomax.py --dataset cifar100    (thesis B.2.2: ResNet-18, 1000 epochs, GPU)
             python corinfomax.py --dataset cifar10     (thesis B.2.1)
             python corinfomax.py --dataset imagefolder --data-dir tiny-imagenet --arch resnet50 \
@@ -74,7 +74,7 @@ RECIPES = {
         la_R=0.01, la_mu=0.01,      # thesis 5.2.5 / B.2, official --la_R 0.01 --la_mu 0.01
         eps=1e-8,             # thesis 5.2.5, official --R_eps_weight 1e-8
     ),
-    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
+    # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, warmup_lr=0.0, min_lr=0.0,
                    policy="small", projector="256-256-32", alpha=250.0, la_R=0.01, la_mu=0.01),

@@ -6,7 +6,7 @@ pick out its partner among the 2N - 1 other projections of the batch (NT-Xent / 
     L = 1/(2N) * sum over all 2N anchors i of l(i, partner(i))        sim = cosine similarity
 Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 
-Run:        python simclr.py                                    (shapes, the CPU recipe: about a minute)
+Run:        python simclr.py                                    (shapes, the CPU recipe: about half a minute)
             python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
             python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large \
                 --temperature 0.5 --lr 4.0 --weight-decay 1e-6 --epochs 500
@@ -55,7 +55,7 @@ RECIPES = {
         warmup_epochs=10,     # solo-learn warmup_cosine default
         policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
     ),
-    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
+    # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="small"),
     "cifar10": dict(),

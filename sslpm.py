@@ -18,7 +18,7 @@ SSLPM-SGD (--predictor mlp, section 3.4.1, appendix E): an MLP R_theta trained i
 The predictor wins by predicting well; the encoder wins by leaving nothing predictable, so its loss
 subtracts L_pred. W is NOT detached: the encoder gets gradient through the closed form, as officially.
 
-Run:        python sslpm.py                              (CPU recipe on shapes: about a minute on 2 cores)
+Run:        python sslpm.py                              (CPU recipe on shapes: about half a minute on 2 cores)
             python sslpm.py --dataset cifar100           (paper recipe: ResNet-18, 1000 epochs, GPU)
             python sslpm.py --predictor mlp --predictor-layers 1     (SSLPM-SGD 1l)
             python sslpm.py --lambda 0                   (Table 2's ablation: invariance only)
@@ -88,7 +88,7 @@ RECIPES = {
         ridge=0.0,            # ridge_lambd: 0 (2N = 512 rows >= D = 128)
         mask_fraction=0.5,    # mask_fraction: 0.5
     ),
-    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
+    # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=256, proj_dim=32, ridge=8.0,

@@ -15,7 +15,7 @@ the mean over dimensions of the per-dimension standard deviation of the projecto
 training batches (it falls to 0 under total collapse).
 
 Run:        python vicreg.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
-            python vicreg.py                                    (shapes, CPU recipe, about a minute)
+            python vicreg.py                                    (shapes, CPU recipe, about half a minute)
             python vicreg.py --std-coeff 0                      (ablation: total collapse)
             python vicreg.py --cov-coeff 0                      (ablation: dimensional collapse)
             torchrun --standalone --nproc_per_node=4 vicreg.py --dataset cifar100   (4 GPUs, same global batch)
@@ -69,7 +69,7 @@ RECIPES = {
         std_coeff=25.0,       # var_loss_weight
         cov_coeff=1.0,        # cov_loss_weight
     ),
-    # the CPU recipe, about a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
+    # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=512, proj_dim=128),
