@@ -4,7 +4,7 @@ dimensionality H(R) of the representation and the mutual information I(R; Z) wit
 adaptive alpha rises over training; and over a SimCLR run H(R) and I(R; Z) move together, then apart.
 
     python reproduce/adadim_dynamics.py          # 7 runs of the shapes CPU recipe: about 5 minutes on 2 cores
-    python reproduce/adadim_dynamics.py --seeds 0 1 2   # the H(R) trend is small at this scale: use seeds
+    python reproduce/adadim_dynamics.py --seeds 0 1 2   # the H(R) trend is small at this scale: about 10 minutes
 
 Runs: adadim.py's CPU recipe with --alpha-mode fixed --alpha A --gamma 0 for A in 0, 0.25, 0.5, 0.75, 1
 (Figure 5a-b: H(R), I(R; Z) of 2,000 test images at the end), the recipe itself (Figure 5c: alpha per

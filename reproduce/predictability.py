@@ -4,7 +4,7 @@ does not learn; the prediction loss rises with lambda while accuracy peaks befor
 does better than MLP predictors; and every representation obeys AAC <= sqrt(LR) <= sqrt(NLR).
 
     python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 5 minutes on 2 cores
-    python reproduce/predictability.py --seeds 0 1 2
+    python reproduce/predictability.py --seeds 0 1 2    # mean and spread: about 15 minutes
 
 Runs: sslpm.py's CPU recipe (SSLPM-RR) with --lambda 0, 0.25, 0.5, 1 (the recipe's), 2, 4; and SSLPM-SGD
 with a 1-layer and a 3-layer MLP predictor (--predictor mlp --predictor-layers 1|3, their default lambdas,
