@@ -50,10 +50,15 @@ def main(argv=None):
             if len(a.seeds) > 1:
                 row[key + "_sd"] = spread
         rows.append(row)
-    log = harness.log(folders["corinfomax", a.seeds[0]])[1:]
-    ldmi, knn = [r["ldmi"] for r in log], [r["knn_acc"] for r in log]
-    rows[0]["ldmi_first_last"] = f"{ldmi[0]:.3g} -> {ldmi[-1]:.3g}"
-    rows[0]["ldmi_knn_correlation"] = correlation(ldmi, knn)
+    curves = {}  # seed -> (log, LDMI per epoch, kNN per epoch) of the CorInfoMax run
+    for seed in a.seeds:
+        log = harness.log(folders["corinfomax", seed])[1:]
+        curves[seed] = log, [r["ldmi"] for r in log], [r["knn_acc"] for r in log]
+    firsts, lasts = [c[1][0] for c in curves.values()], [c[1][-1] for c in curves.values()]
+    rows[0]["ldmi_first_last"] = f"{harness.mean_spread(firsts)[0]:.3g} -> {harness.mean_spread(lasts)[0]:.3g}"
+    correlations = [correlation(ldmi, knn) for _, ldmi, knn in curves.values()]
+    rows[0]["ldmi_knn_correlation"] = ", ".join("-" if c is None else f"{c:.2f}" for c in correlations)
+    log, ldmi, knn = curves[a.seeds[0]]  # the figure: the first seed
     harness.table(rows, os.path.join(a.out, "corinfomax_spectrum.json"),
                   f"projector 256-256-32, `moderate` policy, shapes, seeds {a.seeds} (mean; _sd: spread)")
     plt = harness.pyplot()
