@@ -3,7 +3,7 @@ without the variance term the embeddings collapse to a point (total collapse); w
 they keep their scale but span few directions (dimensional collapse).
 
     python reproduce/collapse.py                 # the shapes CPU recipe, 3 runs: about 2 minutes on 2 cores
-    python reproduce/collapse.py --seeds 0 1 2
+    python reproduce/collapse.py --seeds 0 1 2   # mean and spread: about 6 minutes
 
 Three runs of vicreg.py's CPU recipe: the full loss, --std-coeff 0 and --cov-coeff 0, with --track-every 1
 (metrics.track each epoch on 1,000 fixed test images). The figure: (a) as the paper's Figure 8, the sorted

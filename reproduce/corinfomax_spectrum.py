@@ -3,7 +3,7 @@ Information Maximization Criterion", Figure 5.3), and its training LDMI rises wi
 (Figures 5.1 and 5.2).
 
     python reproduce/corinfomax_spectrum.py      # 2 runs of the shapes CPU recipe: about 1 minute on 2 cores
-    python reproduce/corinfomax_spectrum.py --seeds 0 1 2
+    python reproduce/corinfomax_spectrum.py --seeds 0 1 2   # mean and spread: about 4 minutes
 
 Two runs with the same projector (hidden 256, output 32) and the `moderate` augmentation: corinfomax.py's
 CPU recipe and simclr.py's (--proj-hidden 256 --proj-dim 32). Dimensional collapse in contrastive learning

@@ -4,7 +4,7 @@ loses rank, the nearest negatives come closer, InfoNCE sits under its upper boun
 displacement between an image and its nearest negative falls outside the projector's column space (eq. 10).
 
     python reproduce/projector_rank.py           # 3 runs: about 2 minutes on 2 cores
-    python reproduce/projector_rank.py --seeds 0 1 2
+    python reproduce/projector_rank.py --seeds 0 1 2   # mean and spread: about 6 minutes
 
 Runs: simclr.py with a linear, bias-free projector (--projector linear --proj-dim 32) under the paper's
 `small`, `moderate` and `large` augmentation (its Table 2), with the paper's optimiser (LARS lr 4.0, weight
