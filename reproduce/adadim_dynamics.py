@@ -37,9 +37,7 @@ def main(argv=None):
             knn.append(harness.results(folder)["knn_acc"])
         row = {"alpha": alpha}
         for key, values in (("H(R)", h), ("I(R;Z)", i), ("knn_acc", knn)):
-            row[key], spread = harness.mean_spread(values)
-            if len(a.seeds) > 1:
-                row[key + "_sd"] = spread
+            harness.put_mean_spread(row, key, values)
         rows.append(row)
     adaptive = harness.log(harness.train("adadim", f"adaptive-s{a.seeds[0]}", [*quick, "--seed", str(a.seeds[0])], a))
     simclr = harness.log(harness.train("simclr", f"simclr-s{a.seeds[0]}", [*quick, "--seed", str(a.seeds[0]),

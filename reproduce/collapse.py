@@ -35,10 +35,7 @@ def main(argv=None):
         finals = [logs[label, s][-1] for s in a.seeds]
         row = {"run": label}
         for key in ("embedding_std", "covariance", "aac_Z", "avg_corr_Z", "effective_rank_Z", "knn_acc"):
-            m, sd = harness.mean_spread([f.get(key) for f in finals])
-            row[key] = m
-            if len(a.seeds) > 1:
-                row[key + "_sd"] = sd
+            harness.put_mean_spread(row, key, [f.get(key) for f in finals])
         spectrum = finals[0]["spectrum_Z"]
         row["top_eigenvalue_share"] = spectrum[0] / sum(spectrum)
         rows.append(row)

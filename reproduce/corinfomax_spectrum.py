@@ -46,9 +46,7 @@ def main(argv=None):
         row = {"method": method}
         for key, values in (("smallest_over_mean_eigenvalue", ratios), ("effective_rank_centred_Z", ranks),
                             ("knn_acc", knns)):
-            row[key], spread = harness.mean_spread(values)
-            if len(a.seeds) > 1:
-                row[key + "_sd"] = spread
+            harness.put_mean_spread(row, key, values)
         rows.append(row)
     curves = {}  # seed -> (log, LDMI per epoch, kNN per epoch) of the CorInfoMax run
     for seed in a.seeds:

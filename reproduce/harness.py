@@ -82,6 +82,14 @@ def mean_spread(values):
     return m, (sum((v - m) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
 
 
+def put_mean_spread(row, key, values):
+    """row[key] = the mean of values (one per seed, None left out); row[key + "_sd"] = their standard
+    deviation when there are several seeds."""
+    row[key], spread = mean_spread(values)
+    if len(values) > 1:
+        row[key + "_sd"] = spread
+
+
 def table(rows, path, title):
     """Print rows (a list of dicts, the same keys) aligned, and write them with the title to path (JSON)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))

@@ -52,9 +52,7 @@ def main(argv=None):
     for label in [f"lambda {l}" for l in LAMBDAS] + list(PREDICTORS)[1:]:
         row = {"run": label + (" (ridge, the recipe)" if label == "lambda 1.0" else "")}
         for key in ("knn_acc", "L_pred", "AAC", "LR", "NLR"):
-            row[key], spread = harness.mean_spread([measured[label, s][key] for s in a.seeds])
-            if len(a.seeds) > 1:
-                row[key + "_sd"] = spread
+            harness.put_mean_spread(row, key, [measured[label, s][key] for s in a.seeds])
         row["chain_holds"] = f"{sum(measured[label, s]['AAC<=sqrtLR<=sqrtNLR'] for s in a.seeds)}/{len(a.seeds)}"
         rows.append(row)
     harness.table(rows, os.path.join(a.out, "predictability.json"),

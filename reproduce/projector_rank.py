@@ -52,9 +52,7 @@ def main(argv=None):
         row = {"policy": policy}
         for key, values in (("projector_rank", ranks), ("effective_rank_W", eranks), ("nearest_negative_distance", dist),
                             ("unexplained_variance", unexplained), ("knn_acc", knns)):
-            row[key], spread = harness.mean_spread(values)
-            if len(a.seeds) > 1:
-                row[key + "_sd"] = spread
+            harness.put_mean_spread(row, key, values)
         first = next(r for r in logs[policy][1:] if "infonce" in r)
         row["infonce_first_last"] = f"{first['infonce']:.3g} -> {logs[policy][-1]['infonce']:.3g}"
         row["upper_bound_holds"] = f"{sum(bound_holds)}/{len(bound_holds)}"  # runs with InfoNCE <= bound every epoch
