@@ -168,25 +168,30 @@ def test_ldmi_equals_gaussian_mutual_information_of_a_joint_covariance():
 # ----------------------------------------------------------------------------- recipes and model
 def test_paper_recipes_resolve_from_the_dataset_alone():
     a = corinfomax.get_args(["--dataset", "cifar100"])
-    assert (a.alpha, a.projector, a.batch_size, a.optimizer, a.lr, a.weight_decay) == (1000, "4096-4096-128", 512, "sgd", 0.5, 1e-4)
+    assert (a.alpha, a.batch_size, a.optimizer, a.lr, a.weight_decay) == (1000, 512, "sgd", 0.5, 1e-4)
+    assert (a.proj_layers, a.proj_hidden, a.proj_dim) == (3, 4096, 128)  # 4096-4096-128
     assert (a.warmup_epochs, a.warmup_lr, a.min_lr, a.epochs, a.policy) == (10, 0.003, 1e-6, 1000, "asymmetric")
     assert (a.la_R, a.la_mu, a.eps, a.arch, a.width) == (0.01, 0.01, 1e-8, "resnet18", 64)
     b = corinfomax.get_args(["--dataset", "cifar10"])
-    assert (b.alpha, b.projector, b.batch_size, b.lr, b.epochs) == (250, "2048-2048-64", 512, 0.5, 1000)
+    assert (b.alpha, b.proj_layers, b.proj_hidden, b.proj_dim, b.batch_size, b.lr, b.epochs) == (
+        250, 3, 2048, 64, 512, 0.5, 1000)
     c = corinfomax.get_args(["--dataset", "imagefolder", "--la-R", "0.1", "--la-mu", "0.1"])
-    assert (c.alpha, c.projector, c.la_R, c.la_mu) == (500, "4096-4096-128", 0.1, 0.1)
+    assert (c.alpha, c.proj_hidden, c.proj_dim, c.la_R, c.la_mu) == (500, 4096, 128, 0.1, 0.1)
     assert corinfomax.get_args(["--dataset", "cifar100", "--alpha", "500"]).alpha == 500  # flags win
 
 
 @pytest.mark.parametrize("flag,value", [("--la-R", "1"), ("--la-mu", "-0.1"), ("--alpha", "0"),
-                                        ("--projector", "64-x"), ("--projector", "64-0"), ("--eps", "nan")])
+                                        ("--projector", "64-x"), ("--projector", "64-0"), ("--projector", "64-32-8"),
+                                        ("--proj-dim", "0"), ("--eps", "nan")])
 def test_bad_flags_are_refused(flag, value):
     with pytest.raises(SystemExit):
         corinfomax.get_args([flag, value])
 
 
-def test_projector_has_no_batchnorm_no_last_bias_and_unit_outputs():
-    args = corinfomax.get_args(["--width", "4", "--projector", "16-16-8"])
+@pytest.mark.parametrize("flags", [["--proj-layers", "3", "--proj-hidden", "16", "--proj-dim", "8"],
+                                   ["--projector", "16-16-8"]])  # and the old spelling
+def test_projector_has_no_batchnorm_no_last_bias_and_unit_outputs(flags):
+    args = corinfomax.get_args(["--width", "4", *flags])
     args.image_size = 16
     model = corinfomax.Model(args)
     linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]

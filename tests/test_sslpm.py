@@ -101,7 +101,8 @@ def test_sslpm_loss_combines_the_terms_with_official_scaling():
     torch.manual_seed(5)
     z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
     mask = sslpm.random_mask(32, 8, 0.5, "cpu")
-    loss, invariance, prediction = sslpm.sslpm_loss(z1, z2, mask, lambd=0.3, ridge=1.0)
+    loss, terms = sslpm.sslpm_loss(z1, z2, mask, lambd=0.3, ridge=1.0)
+    invariance, prediction = terms["invariance"], terms["prediction"]
     e = torch.cat([sslpm.standardize(z1), sslpm.standardize(z2)])
     assert invariance.item() == pytest.approx(sslpm.invariance_loss(z1, z2).item(), rel=1e-6)
     assert prediction.item() == pytest.approx(sslpm.ridge_predictability_loss(e, mask, 1.0).item(), rel=1e-6)
