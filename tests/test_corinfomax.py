@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY, read_log, run_script
+from conftest import TINY, assert_resume_is_exact, read_log, run_script
 
 import corinfomax
 import simclr
@@ -225,7 +225,7 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
     results = json.load(open(d / "results.json"))
     eigenvalues = results["eigenvalues_R1"]
     args = json.load(open(d / "args.json"))
-    assert len(eigenvalues) == int(args["projector"].split("-")[-1]) and eigenvalues == sorted(eigenvalues, reverse=True)
+    assert len(eigenvalues) == args["proj_dim"] and eigenvalues == sorted(eigenvalues, reverse=True)
     ckpt = torch.load(d / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 10 and {"model", "optimizer", "probe", "loss"} <= set(ckpt["state"])
     R1 = ckpt["state"]["loss"]["R1"]
@@ -237,25 +237,11 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
 def test_resume_is_exact_including_the_loss_state(tmp_path):
     """A run stopped after epoch 1 and resumed ends with the same weights, R1, R2, mu1, mu2 (and R12)
     and the same log as an uninterrupted one."""
-    common_args = [*TINY, "--epochs", "3", "--out", tmp_path]
-    run_script("corinfomax.py", *common_args, "--name", "straight")
-    run_script("corinfomax.py", *common_args, "--name", "split", "--stop-after", "1")
-    assert not (tmp_path / "split" / "results.json").exists()
-    run_script("corinfomax.py", "--resume", tmp_path / "split")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    for key, value in a["state"]["model"].items():
-        assert torch.equal(value, b["state"]["model"][key]), key
+    a, _ = assert_resume_is_exact("corinfomax.py", [*TINY, "--epochs", "3"], tmp_path)  # results.json too
     assert set(a["state"]["loss"]) == {"R1", "R2", "mu1", "mu2", "R12"}
     for key, value in a["state"]["loss"].items():
         assert not torch.equal(value, torch.eye(len(value), dtype=value.dtype)) and value.any(), key  # it moved
-        assert torch.equal(value, b["state"]["loss"][key]), key
-    assert torch.equal(a["state"]["probe"]["linear"]["weight"], b["state"]["probe"]["linear"]["weight"])
-    timing = {"seconds", "images_per_sec"}
-    strip = lambda log: [{k: v for k, v in row.items() if k not in timing} for row in log]
-    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
-    ra, rb = (json.load(open(tmp_path / n / "results.json")) for n in ("straight", "split"))
-    assert ra["knn_acc"] == rb["knn_acc"] and ra["eigenvalues_R1"] == rb["eigenvalues_R1"]
+    assert "eigenvalues_R1" in json.load(open(tmp_path / "split" / "results.json"))
 
 
 LEARN_MIN_MARGIN = 0.045  # about half the smallest kNN margin over seeds 0-2 in README Results

@@ -1,8 +1,9 @@
-"""Every loss is a pure function of the tensors it is given: copied alone (with the helpers it calls) into
-a scratch file whose only imports are math and torch, it runs in a fresh interpreter that has neither this
-repository nor a process group, and gives the values of the method file's own function; those are checked
-against the independent loops of the method tests. AdaDim's copies of the VICReg and InfoNCE losses are
-letter for letter those of vicreg.py and simclr.py."""
+"""What the method files repeat on purpose stays the same in each. Every loss returns (loss, terms) and is a
+pure function of the tensors it is given: copied alone (with the helpers it calls) into a scratch file whose
+only imports are math and torch, it runs in a fresh interpreter that has neither this repository nor a process
+group, and gives the values of the method file's own function; those are checked against the independent
+loops of the method tests. AdaDim's copies of the VICReg and InfoNCE losses are letter for letter those of
+vicreg.py and simclr.py. The six main() functions share one skeleton, apart from each method's listed lines."""
 import ast
 import inspect
 import json
@@ -103,6 +104,24 @@ def test_the_copied_losses_match_their_references():
     assert vicreg.vicreg_loss(z1, z2)[0].item() == pytest.approx(reference, rel=1e-5)
     assert barlow.barlow_twins_loss(z1, z2)[0].item() == pytest.approx(barlow_loop(z1, z2, 0.0051)[0].item(), rel=1e-5)
     assert adadim.renyi_mutual_information(r1, z1).item() == pytest.approx(mi_eig(r1, z1), rel=1e-4)
+
+
+def test_every_loss_returns_the_loss_and_its_terms():
+    """One shape in every file: (loss, terms), a scalar and a dict of named scalars (empty for NT-Xent)."""
+    torch.manual_seed(0)
+    z1, z2, mask = torch.randn(16, 8), torch.randn(16, 8), torch.rand(32, 8) < 0.5
+    predictor = sslpm.MLPPredictor(8, 1, "cpu", max_steps=2)
+    outputs = {"simclr": simclr.nt_xent_loss(z1, z2), "vicreg": vicreg.vicreg_loss(z1, z2),
+               "barlow": barlow.barlow_twins_loss(z1, z2), "corinfomax": corinfomax.CorInfoMaxLoss(8, 1.0)(z1, z2),
+               "sslpm-rr": sslpm.sslpm_loss(z1, z2, mask, ridge=1.0),
+               "sslpm-sgd": sslpm.sslpm_sgd_loss(z1, z2, mask, predictor, 1.0),
+               "adadim": adadim.adadim_loss(z1, z2, z1[:, :6], z2[:, :6], 0.5, 0.1)}
+    for name, output in outputs.items():
+        assert isinstance(output, tuple) and len(output) == 2, name
+        loss, terms = output
+        assert loss.dim() == 0 and torch.isfinite(loss), name
+        assert isinstance(terms, dict) and all(torch.as_tensor(v).dim() == 0 for v in terms.values()), name
+        assert bool(terms) == (name != "simclr"), name
 
 
 @pytest.mark.parametrize("name,origin", [("off_diagonal", vicreg), ("vicreg_loss", vicreg), ("nt_xent_loss", simclr)])

@@ -94,9 +94,7 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
 
 
 def test_resume_is_exact(tmp_path):
-    assert_resume_is_exact("simclr.py", [*TINY, "--epochs", "3"], tmp_path)
-    ra, rb = (json.load(open(tmp_path / n / "results.json")) for n in ("straight", "split"))
-    assert ra["knn_acc"] == rb["knn_acc"] and ra["probe_acc"] == rb["probe_acc"]
+    assert_resume_is_exact("simclr.py", [*TINY, "--epochs", "3"], tmp_path)  # results.json too
 
 
 LEARN_MIN_MARGIN = 0.07  # about half the smallest kNN margin over seeds 0-2 in README Results
