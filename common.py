@@ -1,13 +1,16 @@
 """Everything the method files share that is not a method. Read top to bottom, or jump to a section:
 
-    model            backbone (ResNet-18/50 with a width multiplier, CIFAR or ImageNet stem), projector
+    (top)            print0, fail, warn: output from the first process, one-line errors
+    model            ResNet and backbone (ResNet-18/50, width multiplier, CIFAR or ImageNet stem), projector
     augmentation     POLICIES and Augment: two views per image, batched on the device, op for op as torchvision
-    data             load_data (shapes, cifar10, cifar100, stl10, imagefolder) into uint8 tensors; Loader
-    evaluation       OnlineProbe, knn_accuracy, evaluate, linear_eval
-    optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine)
-    training loop    seed_everything, seed_epoch, autocast, prepare_model, Meter
+    data             Data and load_data (every --dataset) into uint8 tensors; image folders
+                     (load_imagefolder), shapes (make_shapes), the Loader
+    evaluation       OnlineProbe, extract_features, knn_accuracy, evaluate, linear_eval
+    optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine), set_lr
+    training loop    seed_everything, seed_epoch, autocast, channels_last, prepare_model, Progress, Meter
     ------------------------- plumbing below: a method reader can skip it -------------------------
-    several processes   setup_device (device; under torchrun the process group), shard, gather, ddp
+    several processes   setup_device (device, threads; under torchrun the process group), shard, gather,
+                        CPUSyncBatchNorm, ddp
     command line        get_parser (the shared flags, in groups), recipes, parse_args
     run folder          Run: args.json, log.jsonl, last.pt, results.json, --resume, Ctrl-C
 
@@ -59,8 +62,6 @@ def fail(message):
 
 def warn(message):  # one line on stderr, from the first process only
     print0(f"warning: {message}", file=sys.stderr)
-
-
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -718,6 +719,7 @@ def shape_mask(k, u, v):
     return ((u >= -1) & (u <= -0.3) & (v.abs() <= 1)) | ((u.abs() <= 1) & (v >= -1) & (v <= -0.3))
 
 
+# ------------------------------------------------------------------ data: the loader
 class Loader:
     """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
     the device. The dataset is moved to the device once if it fits (else kept in pinned CPU memory).
@@ -988,8 +990,8 @@ def get_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     kind = name.split(":")[0]
-    missing = (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not torch.backends.mps.is_available())
-    if missing:
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(kind, True)
+    if not available:
         fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
     return torch.device(name)
 
@@ -1170,13 +1172,11 @@ def in_range(kind, low, high):  # closed interval
 
 class HelpFormatter(argparse.HelpFormatter):
     """--help shows the value a run uses for each flag: its default for every dataset (common.py's, or
-    the method's RECIPES["all"]), then the datasets whose recipe sets another (set by recipe_help)."""
+    the method's RECIPES["all"]), then the datasets whose recipe sets another (put there by parse_args)."""
     def _get_help_string(self, action):
-        shown = []
-        if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS:
-            shown.append("default: %(default)s")
-        if getattr(action, "per_dataset", None):
-            shown.append(action.per_dataset)
+        unset = action.default in (None, argparse.SUPPRESS) or action.default is False
+        shown = [] if unset else ["default: %(default)s"]
+        shown += [action.per_dataset] if getattr(action, "per_dataset", "") else []
         return (action.help or "") + (f" ({'; '.join(shown)})" if shown else "")
 
 
@@ -1187,8 +1187,8 @@ def get_parser(method, doc, recipes):
     defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
     epilog = (f"Defaults depend on --dataset. Each flag shows its value for every dataset ({method}.py's "
               f"RECIPES['all'] over common.py's), then the datasets whose recipe (RECIPES near the top of "
-              f"{method}.py) sets another. Flags given on the command line win over both. The program prints the "
-              f"recipe it uses and the flags that override it; args.json keeps the final values.")
+              f"{method}.py) sets another. Flags given on the command line win over both. The program "
+              f"prints the recipe it uses and the flags that override it; args.json keeps the final values.")
     p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], formatter_class=HelpFormatter,
                        epilog=epilog)
     data = p.add_argument_group("data")
@@ -1211,10 +1211,13 @@ def get_parser(method, doc, recipes):
     optimisation.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
     optimisation.add_argument("--batch-size", default=256, help="global batch (all processes together)",
                               type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
-    optimisation.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate, for the global batch")
+    optimisation.add_argument("--lr", type=positive(float), default=0.3,
+                              help="peak learning rate, for the global batch")
     optimisation.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
-    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
-    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10, help="linear warmup length")
+    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0,
+                              help="start of the linear warmup")
+    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10,
+                              help="linear warmup length")
     optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
                               help="weight decay (not on biases and BatchNorm)")
     optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
@@ -1223,11 +1226,13 @@ def get_parser(method, doc, recipes):
                               help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio "
                                    "(solo-learn clip_lr)")
     evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
+    evaluation.add_argument("--eval-every", type=positive(int), default=10,
+                            help="kNN / probe test every N epochs")
     evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
                             help="offline linear evaluation epochs at the end (0: skip)")
-    evaluation.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
-                            "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
+    evaluation.add_argument("--track-every", type=nonnegative(int), default=0,
+                            help="every K epochs log analysis measures (effective rank, I(R;Z), AAC, uniformity, "
+                                 "...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
     run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
@@ -1251,18 +1256,12 @@ def given_flags(parser, argv, args):
     return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
 
 
-def recipe_help(parser):
-    """Put the method's RECIPES["all"] into the flags' defaults, and each dataset's other values into their
-    help. Called by parse_args, after the method file added its flags, so that every flag is there."""
-    parser.set_defaults(**parser.recipes.get("all", {}))
-    for action in parser._actions:
-        values = [f"{name}: {recipe[action.dest]}" for name, recipe in parser.recipes.items()
-                  if name != "all" and recipe.get(action.dest, action.default) != action.default]
-        action.per_dataset = ", ".join(values).replace("%", "%%")
-
-
 def parse_args(parser, argv=None):
-    recipe_help(parser)
+    parser.set_defaults(**parser.recipes.get("all", {}))  # here, once the method file added its flags
+    for action in parser._actions:  # for --help: the datasets whose recipe gives the flag another value
+        others = {name: recipe[action.dest] for name, recipe in parser.recipes.items()
+                  if name != "all" and recipe.get(action.dest, action.default) != action.default}
+        action.per_dataset = ", ".join(f"{name}: {value}" for name, value in others.items())
     args = parser.parse_args(argv)
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")

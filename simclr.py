@@ -51,7 +51,7 @@ RECIPES = {
         warmup_epochs=10,     # solo-learn warmup_cosine default
         policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
         temperature=0.2,      # tau
-        proj_layers=2,        # Linear-ReLU-Linear (1: one bias-free Linear, the Geometry paper's, arXiv 2205.06926)
+        proj_layers=2,        # Linear-ReLU-Linear (1: one bias-free Linear, as the Geometry paper's)
         proj_hidden=2048,     # proj_hidden_dim
         proj_dim=256,         # proj_output_dim (the Geometry paper's linear projector: 128)
     ),

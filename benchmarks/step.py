@@ -113,8 +113,8 @@ def shapes_data(n, size):
 def run_method(name, a, data, timed, out):
     """One run of the method's main() over the generated data; returns its step times and log row."""
     file, extra = METHODS[name]
-    argv = ["--dataset", "shapes", "--recipe", "cifar10", "--width", str(a.width), "--image-size", str(a.image_size),
-            "--batch-size", str(a.batch_size), "--epochs", "2", "--stop-after", "1", "--eval-every", "1000",
+    argv = ["--dataset", "shapes", "--recipe", "cifar10", "--width", str(a.width),
+            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--epochs", "2", "--stop-after", "1", "--eval-every", "1000",
             "--device", a.device, "--threads", str(a.threads), "--out", out, "--name", f"{name}-{time.time_ns()}",
             *extra]
     timed.times = []

@@ -66,7 +66,8 @@ def assert_same_runs(a_dir, b_dir):
         flat_a, flat_b = flatten(a["state"][part]), flatten(b["state"][part])
         assert flat_a.keys() == flat_b.keys(), part
         for key, value in flat_a.items():
-            assert (torch.equal(value, flat_b[key]) if torch.is_tensor(value) else value == flat_b[key]), (part, key)
+            same = torch.equal(value, flat_b[key]) if torch.is_tensor(value) else value == flat_b[key]
+            assert same, (part, key)
     timing = ("seconds", "images_per_sec")
     strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]
     assert strip(read_log(a_dir)) == strip(read_log(b_dir))
