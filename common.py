@@ -23,6 +23,8 @@ import argparse
 import atexit
 import concurrent.futures
 import contextlib
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -33,6 +35,7 @@ import signal
 import sys
 import time
 import warnings
+fcntl = None if os.name == "nt" else __import__("fcntl")  # POSIX; on Windows a run folder is claimed by mkdir only
 
 import numpy as np
 import PIL.Image
@@ -50,14 +53,20 @@ RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d))
                                 for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
 
 
-def print0(*a, **k):  # under torchrun only the first process prints progress
+def printable(text):
+    """Text that prints on any terminal: bytes of a file name that are not UTF-8 (caf\\xe9, unzipped from a
+    Latin-1 archive) show as \\xe9 escapes rather than end in a UnicodeEncodeError."""
+    return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
+
+
+def print0(*a, **k):  # under torchrun only the first process prints progress; every message is printable
     if RANK == 0:
-        print(*a, **k)
+        print(*map(printable, a), **k)
 
 
 def fail(message):
     """Stop with a one-line error on stderr and exit status 1. Nothing on disk is touched."""
-    raise SystemExit(f"error: {message}")
+    raise SystemExit(f"error: {printable(message)}")
 
 
 def warn(message):  # one line on stderr, from the first process only
@@ -351,7 +360,7 @@ def load_data(args):
     if wait and LOCAL_RANK > 0:
         dist.barrier()
     size = args.image_size = args.image_size or DEFAULT_SIZE[args.dataset]
-    subset = args.train_subset or None  # 0: every training image
+    subset, digest = args.train_subset or None, ""  # 0: every training image
     if args.dataset == "shapes":  # generated i.i.d. from a fixed seed: the first n are a random sample
         train, test = make_shapes(min(10_000, subset or 10_000), size, seed=0), make_shapes(2_000, size, seed=1)
         probe, names, summary = train, SHAPE_NAMES, f"shapes: {len(train[0]):,} training images generated (seed 0)"
@@ -361,13 +370,19 @@ def load_data(args):
         summary = (f"{args.dataset}: {len(train[0]):,} training images" +
                    (f" (a random sample, seed 0, of {len(full[0]):,})" if len(train[0]) < len(full[0]) else ""))
     else:
-        train, test, names, summary = load_imagefolder(args.data_dir, size, subset)
-        probe = train
+        train, test, names, summary, digest = load_imagefolder(args.data_dir, size, subset)
+        probe, digest = train, f", files and class names {digest}"
     if subset and subset > len(train[0]):
         summary += f"; --train-subset {subset:,} is more than there are: all are used"
     train, probe, test = [(resize_images(x, size), y) for x, y in (train, probe, test)]
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
     args.normalize = {"mean": list(mean), "std": list(std)}  # in args.json and last.pt: to use the backbone elsewhere
+    found = (f"{args.dataset}: {len(train[0])} train, {len(probe[0])} kNN bank, {len(test[0])} test images, "
+             f"{len(names)} classes{digest}")  # in args.json, last.pt: a resume or metrics.py checks it
+    if getattr(args, "data_fingerprint", found) != found:
+        fail(f"--data-dir {args.data_dir}: not the data the run was trained on ({found}; the run had "
+             f"{args.data_fingerprint}); give --data-dir the folder it was trained on")
+    args.data_fingerprint = found
     if wait and LOCAL_RANK == 0:
         dist.barrier()
     print0(f"{summary}; kNN bank {len(probe[0]):,}, test {len(test[0]):,} images, {len(names)} classes, "
@@ -430,7 +445,8 @@ def load_imagefolder(root, size, subset=None):
     decoded once (decode_image, a pool of threads) and the set cached as <root>/cache-<size>px.pt (with
     --train-subset k, cache-<size>px-subset<k>.pt, and only the sample is decoded). A cache is used only
     for the folder it was made from: the same files with the same sizes and modification times (stamp).
-    Returns (train, val, class names, a summary of what was loaded, left out, read or written)."""
+    Returns (train, val, class names, a summary of what was loaded, left out, read or written, and a
+    fingerprint: a hash of the class names and of the paths and sizes of the files loaded)."""
     if not all(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")):
         fail(f"--data-dir {root}: --dataset imagefolder needs a folder with train/ and val/ class subfolders")
     files, names, left_out = list_image_folder(root)
@@ -443,9 +459,9 @@ def load_imagefolder(root, size, subset=None):
     out, cached = {}, {}
     if os.path.exists(cache):
         try:
-            cached = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable: made again below
-            cached = {"files": None}
+            cached = load_file(cache)
+        except Exception as e:  # unreadable (no permission, cut short by a full disk): made again below
+            cached = {"error": e.__class__.__name__}
     if cached.get("version") == CACHE_VERSION and cached.get("files") == record and cached.get("classes") == names:
         out, failed, how = cached, cached["failed"], f"read {cache} (made from this folder as it is)"
     else:
@@ -458,8 +474,7 @@ def load_imagefolder(root, size, subset=None):
             out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
         if failed:
             warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
-        how = (f"made {cache} again: the old one was made from {describe_change(cached.get('files'), record)}"
-               if cached else f"wrote {cache}")
+        how = f"made {cache} again: {describe_change(cached, record)}" if cached else f"wrote {cache}"
         try:
             atomic_write(cache, {"version": CACHE_VERSION, "files": record, "classes": names, "failed": failed, **out})
         except SystemExit as e:  # a read-only data folder: train anyway, decode again next time
@@ -470,7 +485,8 @@ def load_imagefolder(root, size, subset=None):
     summary = (f"imagefolder {root}: {len(names)} classes from train/, images per class train/val: "
                f"{class_counts(out['train_y'], out['val_y'], names)}; train {len(out['train_y']):,}{sample}, "
                f"val {len(out['val_y']):,}" + (f"; left out: {', '.join(left_out)}" if left_out else "") + f"; {how}")
-    return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary
+    fingerprint = hashlib.sha256(to_json([names, [r[:2] for r in record]]).encode()).hexdigest()[:16]
+    return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary, fingerprint
 
 
 def plural(n, word):
@@ -480,8 +496,9 @@ def plural(n, word):
 def list_image_folder(root):
     """The image files of train/ and val/ with their class, a folder directly under the split, listed as
     torchvision's ImageFolder does (os.walk, links followed, sorted), except that hidden files and folders
-    (names starting with '.') are skipped and .gif counts as an image. The classes are train/'s folders
-    that hold at least one image. Each mismatch between the splits is a one-line warning naming the
+    (names starting with '.') are skipped, .gif counts as an image, and each real file is listed once per
+    split whatever links point where (walk_class). The classes are train/'s folders that hold at least
+    one image. Each mismatch between the splits is a one-line warning naming the
     classes and counts involved: val/ classes that train/ lacks are left out, train/ classes that val/
     lacks are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
     Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
@@ -491,22 +508,17 @@ def list_image_folder(root):
         hidden = [f for f in folders if f.startswith(".")]
         if hidden:
             left_out.append(f"hidden folders {split}/{{{','.join(hidden)}}}")
-        found[split], others = {}, {}
+        found[split], others, links, seen = {}, {}, [], set()
         for folder in (f for f in folders if not f.startswith(".")):
-            found[split][folder] = []
-            for path, dirs, filenames in os.walk(os.path.join(root, split, folder), followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(filenames):
-                    if f.startswith("."):
-                        continue
-                    if f.lower().endswith(IMAGE_EXTENSIONS):
-                        found[split][folder].append(os.path.join(path, f))
-                    else:
-                        ext = os.path.splitext(f)[1].lower() or "without extension"
-                        others[ext] = others.get(ext, 0) + 1
+            listed = walk_class(os.path.join(root, split, folder), seen, others, links)
+            if listed is not None:  # None: a class folder that is a link into the split (named as a link)
+                found[split][folder] = listed
         if others:
             kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
             left_out.append(f"non-image files in {split}/ ({kinds})")
+        if links:
+            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder or back "
+                            f"into a folder already listed ({', '.join(links[:4])}{', ...' if len(links) > 4 else ''})")
     classes = [c for c, paths in found["train"].items() if paths]
     if not classes:
         fail(f"--data-dir {root}: train/ has no class folder with images (extensions {' '.join(IMAGE_EXTENSIONS)})")
@@ -530,6 +542,41 @@ def list_image_folder(root):
     return files, classes, left_out
 
 
+def walk_class(top, seen, others, links):
+    """The image files under one class folder, sorted (os.walk), links followed only to what exists inside its
+    own tree and is not listed yet (seen: the split's real paths so far); the class folder may be a link out
+    of the split. Links left out go to `links` (paths under the split), non-images to `others` (per extension)."""
+    base, parent, files = os.path.realpath(top), os.path.dirname(top), []
+    inside, split = lambda p: p.startswith(base + os.sep), os.path.realpath(parent)
+    if os.path.islink(top) and os.path.commonpath([base, split]) in (base, split):
+        return links.append(os.path.basename(top))  # a link to another class, to the split or above it: None
+    walked = {base}
+    first = lambda names: sorted((n for n in names if not n.startswith(".")),  # a folder's own entries before
+                                 key=lambda n: (os.path.islink(os.path.join(path, n)), n))  # links to them
+    for path, dirs, names in os.walk(top, followlinks=True):
+        real_dir, kept = os.path.realpath(path), []
+        for d in first(dirs):
+            real = os.path.realpath(os.path.join(path, d))
+            if real in walked or not inside(real):
+                links.append(os.path.relpath(os.path.join(path, d), parent))
+            else:
+                walked.add(real)
+                kept.append(d)
+        dirs[:] = kept
+        for f in first(names):
+            p, link = os.path.join(path, f), os.path.islink(os.path.join(path, f))
+            real = os.path.realpath(p) if link else os.path.join(real_dir, f)
+            if not f.lower().endswith(IMAGE_EXTENSIONS):
+                ext = os.path.splitext(f)[1].lower() or "without extension"
+                others[ext] = others.get(ext, 0) + 1
+            elif real in seen or link and not (inside(real) and os.path.isfile(real)):
+                links.append(os.path.relpath(p, parent))
+            else:
+                seen.add(real)
+                files.append(p)
+    return files
+
+
 def class_counts(train_y, val_y, names):
     """'cat 30/10, dog 30/10' (train/val images per class) for up to 10 classes, else their ranges."""
     train, val = (torch.bincount(y, minlength=len(names)).tolist() for y in (train_y, val_y))
@@ -546,16 +593,18 @@ def stamp(path):
     return s.st_size, s.st_mtime_ns
 
 
-def describe_change(old, new):
-    """What differs between two folder records [[path, size, mtime], ...], in words."""
-    if not old:
-        return "an older version of this code"
-    old, new = {r[0]: r[1:] for r in old}, {r[0]: r[1:] for r in new}
+def describe_change(cached, new):
+    """Why a cache is made again, in words: unreadable, another version, or another folder record (new)."""
+    if "error" in cached:
+        return f"the old one could not be read ({cached['error']})"
+    if cached.get("version") != CACHE_VERSION:
+        return "the old one was made by another version of this code"
+    old, new = {r[0]: r[1:] for r in cached["files"]}, {r[0]: r[1:] for r in new}
     added, removed = len(new.keys() - old.keys()), len(old.keys() - new.keys())
     changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
     if added or removed or changed:
-        return f"another state of the folder ({added} files added, {removed} removed, {changed} changed since)"
-    return "another class list"
+        return f"the folder changed since ({added} files added, {removed} removed, {changed} changed)"
+    return "the class list changed since"
 
 
 def available_memory():
@@ -725,9 +774,11 @@ class Loader:
     the device. The dataset is moved to the device once if it fits (else kept in pinned CPU memory).
     With shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
     def __init__(self, images, labels, batch_size, device, shard=True):
+        fits = len(images) // WORLD_SIZE * WORLD_SIZE  # the largest global batch it allows, if 2 or more
         if batch_size > len(images):
-            fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); "
-                 f"use --batch-size {len(images)} or less")
+            fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); " + (
+                 f"the largest it allows is --batch-size {fits}" if fits >= 2 else
+                 f"a batch needs 2 or more: use --train-subset {batch_size} or more (0: all images), or add images"))
         self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
         on_device = device.type != "cuda" or images.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]
         self.images = images.to(device) if on_device else images.pin_memory()
@@ -1025,8 +1076,8 @@ def choose_threads():
 
 def setup_device(args):
     """The training device of this process (--device; auto: CUDA, then MPS, then CPU), with --threads CPU
-    threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU) and makes every
-    process agree on the run folder name. Records the device used and world_size in args (args.json)."""
+    threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU). Records the device
+    used and world_size in args (args.json)."""
     if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):  # piped to a file: each line as it
         sys.stdout.reconfigure(line_buffering=True)                       # is printed, not minutes later
     args.threads = args.threads or choose_threads()  # recorded in args.json: a --resume uses the same number
@@ -1059,9 +1110,6 @@ def setup_device(args):
         else:
             default_hook(kind, e, tb)
     sys.excepthook = lost_peer
-    name = [args.name]  # the default name holds the time, which may differ by a second between processes
-    dist.broadcast_object_list(name, src=0)
-    args.name = name[0]
     return device
 
 
@@ -1268,7 +1316,8 @@ def parse_args(parser, argv=None):
     given = parser.given = given_flags(parser, argv, args)  # parser.given: for a method's own defaults
     flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        given -= {"resume", "stop_after", "device"}
+        mine = {"resume", "stop_after", "device"} | ({"data_dir"} & given)  # data moved: load_data checks it
+        given -= mine
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
         try:
             saved = json.load(open(os.path.join(run_dir, "args.json")))
@@ -1281,7 +1330,7 @@ def parse_args(parser, argv=None):
             if k in saved and saved[k] != getattr(args, k):
                 fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run "
                      f"({saved[k]}); resume uses the saved arguments, so drop the flag")
-        vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
+        vars(args).update({k: v for k, v in saved.items() if k not in mine})
         args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
     else:  # the dataset's recipe fills in whatever was not given on the command line
         args.recipe = args.recipe or args.dataset
@@ -1294,8 +1343,7 @@ def parse_args(parser, argv=None):
                          if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
         print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
               + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
-    if args.name is None:
-        args.name = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.data_dir = os.path.abspath(args.data_dir)  # args.json: the same folder from any working directory
     return args
 
 
@@ -1314,10 +1362,11 @@ def to_json(obj, **kwargs):
     return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
-def atomic_write(path, data):
+def atomic_write(path, data, on_disk=None):
     """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
     a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
-    short write (full disk) never replaces a good file. A failed write ends in one line on stderr."""
+    short write (full disk) never replaces a good file. A failed write ends in one line on stderr that
+    says what is on disk (on_disk: the caller's words for it)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         if isinstance(data, str):
@@ -1325,15 +1374,20 @@ def atomic_write(path, data):
                 f.write(data)
         else:
             torch.save(data, tmp)
-            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)  # reads back, or raises
+            load_file(tmp)  # reads back, or raises
         os.replace(tmp, path)
     except BaseException as e:  # Ctrl-C included: never leave the temp file behind
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(e, (OSError, RuntimeError, EOFError, pickle.UnpicklingError)):
-            fail(f"could not write {path} ({e.__class__.__name__}: {str(e)[:80]}); the previous file is "
-                 "untouched (full disk? unwritable folder?)")
+            kept = "the previous file is untouched" if os.path.exists(path) else "no file was written"
+            fail(f"could not write {path} ({e.__class__.__name__}: {str(e)[:80]}); {on_disk or kept} "
+                 "(full disk? unwritable folder?)")
         raise
+
+
+def load_file(path):  # mmap: no copy in memory, where torch can (it opens only UTF-8 names that way)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=printable(path) == path)
 
 
 def flat_values(obj, prefix=""):
@@ -1355,21 +1409,67 @@ def is_finite(value):
     return not isinstance(value, float) or math.isfinite(value)
 
 
+CLAIMS = {}  # run folder -> its open .lock file: the folder is this process's while the file is open
+
+
+def claim(args):
+    """Claim <out>/<name> before anything is written into it: a lock (flock) on its .lock file, which the kernel
+    releases when the process ends however it ends (a killed run leaves no stale claim). Without --name: made
+    here as method-dataset-time (-2, -3, ... for runs of the same second). Returns the holder's pid, or None."""
+    os.makedirs(args.out, exist_ok=True)
+    if args.name is None:
+        stem = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for k in itertools.count(1):
+            args.name = stem + (f"-{k}" if k > 1 else "")
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.join(args.out, args.name))
+                break
+    path = os.path.join(args.out, args.name)
+    os.makedirs(path, exist_ok=True)
+    release(path)  # an earlier run into it in this Python process (a notebook, the tests) is over
+    f = open(os.path.join(path, ".lock"), "a+")
+    try:
+        fcntl and fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        return f.read().strip() or "unknown"
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    CLAIMS[path] = f
+
+
+def release(path):  # the claim of this process on a run folder ends (at exit it ends by itself)
+    with contextlib.suppress(KeyError):
+        CLAIMS.pop(path).close()
+
+
 class Run:
     """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
-    Each method's main() calls, in this order: Run(...) (checks the folder, reads last.pt on --resume),
+    Each method's main() calls, in this order: Run(...) (claims the folder, reads last.pt on --resume),
     start (writes args.json, restores or records the random-initialisation baseline), then per epoch
     check_finite, log, save (and stopped for --stop-after), and finish at the end. Every message about
     what is on disk names the epoch last.pt holds (self.saved), or says that none was written."""
 
     def __init__(self, args, script, device):
         self.args, self.script, self.device = args, script, device
+        self.checkpoint, self.saved = None, None  # saved: the epoch last.pt holds
+        if args.resume and not os.path.exists(os.path.join(args.out, args.name, "last.pt")):
+            fail(f"--resume {args.resume}: no last.pt in {os.path.join(args.out, args.name)}")
+        try:  # claim the folder before anything is written into it; fail now, in one line, if that cannot be
+            holder = claim(args) if RANK == 0 else None
+        except OSError as e:
+            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
+        if dist.is_initialized():  # the other processes use the folder process 0 claimed
+            name = [args.name]
+            dist.broadcast_object_list(name, src=0)
+            args.name = name[0]
         self.dir = os.path.join(args.out, args.name)
         self.ckpt_path = os.path.join(self.dir, "last.pt")
-        self.checkpoint, self.saved = None, None  # saved: the epoch last.pt holds
+        if holder:
+            fail(f"{'--resume' if args.resume else '--name'}: {self.dir} is in use by another run (process "
+                 f"{holder}); " + ("resume it once that has ended" if args.resume else "choose another --name or --out"))
         if args.resume:
-            if not os.path.exists(self.ckpt_path):
-                fail(f"--resume {args.resume}: no last.pt in {self.dir}")
             try:
                 self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
                 assert {"epoch", "args", "state"} <= set(self.checkpoint)
@@ -1384,14 +1484,7 @@ class Run:
         elif os.path.exists(self.ckpt_path):
             fail(f"--name: {self.dir} already holds a run (last.pt); continue it with --resume {self.dir}, "
                  "or choose another --name or --out")
-        try:  # fail now, in one line, rather than after loading data and training an epoch
-            os.makedirs(args.out, exist_ok=True)
-            probe_file = os.path.join(args.out, f".write-test{os.getpid()}")
-            open(probe_file, "w").close()
-            os.remove(probe_file)
-        except OSError as e:
-            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
-        if os.path.isdir(self.dir) and RANK == 0:  # temp files of a run killed mid-write
+        if RANK == 0:  # temp files of a run killed mid-write
             for f in os.listdir(self.dir):
                 if ".tmp" in f:
                     os.remove(os.path.join(self.dir, f))
@@ -1480,11 +1573,12 @@ class Run:
     def save(self, epoch, state):
         """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically."""
         if RANK == 0:
-            atomic_write(self.ckpt_path, {"epoch": epoch, "args": vars(self.args),
-                                          "state": {k: obj.state_dict() for k, obj in state.items()}})
+            atomic_write(self.ckpt_path, {"epoch": epoch, "args": vars(self.args), "state": {
+                k: obj.state_dict() for k, obj in state.items()}}, on_disk=self.on_disk())
         self.saved = epoch
 
     def stopped(self, epoch):
+        release(self.dir)
         print0(f"stopped after epoch {epoch} (--stop-after); continue with --resume {self.dir}")
 
     def finish(self, backbone, data, extra=None):
@@ -1499,4 +1593,5 @@ class Run:
         if RANK == 0:
             atomic_write(os.path.join(self.dir, "results.json"), to_json(results, indent=1))
         print0(f"results: {to_json({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
+        release(self.dir)
         return results

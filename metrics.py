@@ -14,7 +14,7 @@ where log-determinants and eigenvalues need it. Scalar measures return Python fl
 
 Also here: report() (every scalar measure in one dict), track() (the few measures each method logs
 every --track-every epochs) and a command line:
-    python metrics.py runs/<run>/last.pt                   one table, also written to metrics.json
+    python metrics.py runs/<run>/last.pt                   one table, also written to runs/<run>/metrics-last.json
     python metrics.py --compare runs/a/last.pt runs/b/last.pt
 """
 import argparse
@@ -778,9 +778,10 @@ SOURCES = {  # the table's last column: what a row is and where it comes from
 }
 
 
-def load_run(path, device):
+def load_run(path, device, data_dir=None):
     """Rebuild a run's model from its checkpoint through its own method file (args["method"]) and load
-    its data; one-line errors (common.fail) for anything that is not such a checkpoint."""
+    its data (from data_dir if given: moved data, which load_data checks against the run's fingerprint);
+    one-line errors (common.fail) for anything that is not such a checkpoint."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -795,7 +796,7 @@ def load_run(path, device):
     if broken:
         common.fail(f"checkpoint {path} has non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): "
                     "its run diverged, there is nothing to measure")
-    args = argparse.Namespace(**ckpt["args"])
+    args = argparse.Namespace(**{**ckpt["args"], **({"data_dir": os.path.abspath(data_dir)} if data_dir else {})})
     if ROOT not in sys.path:                                      # the method files live next to this one
         sys.path.insert(0, ROOT)
     model_class = getattr(importlib.import_module(method), "Model", None)
@@ -810,8 +811,8 @@ def load_run(path, device):
     return ckpt, args, model.to(device), common.load_data(args)
 
 
-def measure_run(path, device, max_samples, nlr_steps=500, seed=0):
-    ckpt, args, model, data = load_run(path, device)
+def measure_run(path, device, max_samples, nlr_steps=500, seed=0, data_dir=None):
+    ckpt, args, model, data = load_run(path, device, data_dir)
     common.seed_everything(seed)
     keep = torch.randperm(len(data.test_x))[:max_samples]        # a fixed random subset of the test split
     images, labels = data.test_x[keep], data.test_y[keep]
@@ -850,7 +851,9 @@ def main(argv=None):
     p.add_argument("--compare", nargs="+", metavar="CKPT", help="several checkpoints, side by side")
     p.add_argument("--max-samples", type=common.positive(int), default=5000, help="test images used (default 5000)")
     p.add_argument("--nlr-steps", type=int, default=500, help="training steps of the NLR networks (0: skip NLR)")
-    p.add_argument("--json", metavar="PATH", help="write the results here (default: metrics.json next to each checkpoint)")
+    p.add_argument("--json", metavar="PATH", help="write the results here (default: next to each checkpoint, "
+                   "named after it: metrics-last.json for last.pt)")
+    p.add_argument("--data-dir", help="where the runs' data is now, if it moved (default: where each run recorded it)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -865,17 +868,33 @@ def main(argv=None):
         if not os.path.isfile(path):
             common.fail(f"checkpoint {path}: no such file (give a run's last.pt, e.g. runs/<run>/last.pt)")
     device = common.get_device(args.device)
-    results = [measure_run(path, device, args.max_samples, args.nlr_steps, args.seed) for path in paths]
-    print_table(results, [os.path.basename(os.path.dirname(os.path.abspath(path))) for path in paths])
+    results = [measure_run(p, device, args.max_samples, args.nlr_steps, args.seed, args.data_dir) for p in paths]
+    print_table(results, column_names(paths))
     if args.json:
         outputs = {args.json: results[0] if len(paths) == 1 else dict(zip(paths, results))}
-    else:
-        outputs = {os.path.join(os.path.dirname(os.path.abspath(p)), "metrics.json"): r for p, r in zip(paths, results)}
+    else:  # named after the checkpoint: epoch1.pt and last.pt of one run each keep their own
+        name = lambda p: f"metrics-{os.path.splitext(os.path.basename(p))[0]}.json"
+        outputs = {os.path.join(os.path.dirname(os.path.abspath(p)), name(p)): r for p, r in zip(paths, results)}
     for path, result in outputs.items():
         try:
             common.atomic_write(path, common.to_json(result, indent=1))
         except OSError as e:
             common.fail(f"{'--json ' if args.json else ''}{path}: cannot write it ({e.strerror}); the table above is all there is")
+        common.print0(f"wrote {path}")
+
+
+def column_names(paths):
+    """The shortest part of each checkpoint's path that tells it from the others: the last components
+    before the file or folder names that all share (runs/a/last.pt, runs/b/last.pt: a and b; a/epoch1.pt,
+    a/last.pt: epoch1.pt and last.pt). One checkpoint: its run folder."""
+    parts = [os.path.abspath(p).split(os.sep) for p in paths]
+    if len(parts) == 1:
+        return [common.printable(parts[0][-2])]
+    while min(map(len, parts)) > 2 and len({p[-1] for p in parts}) == 1 and len({tuple(p) for p in parts}) > 1:
+        parts = [p[:-1] for p in parts]  # the same name at the end of every path tells nothing apart
+    distinct = len({tuple(p) for p in parts})
+    k = next(k for k in range(1, max(map(len, parts)) + 1) if len({tuple(p[-k:]) for p in parts}) == distinct)
+    return [common.printable(os.sep.join(p[-k:])) for p in parts]
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def test_every_part_of_the_state_is_checked_and_the_message_says_what_is_on_disk
     handler = signal.getsignal(signal.SIGINT)
     run = common.Run(args, __file__, torch.device("cpu"))
     signal.signal(signal.SIGINT, handler)
-    os.makedirs(run.dir)
+    os.makedirs(run.dir, exist_ok=True)  # Run claimed it: made it, with its .lock
     good = {"model": State({"w": torch.ones(2)})}
     row = {"epoch": 1, "loss": 1.0}
     run.check_finite(row, good)  # finite: nothing happens

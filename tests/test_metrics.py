@@ -409,7 +409,7 @@ def test_cli_prints_every_measure(checkpoint):
     lines = result.stdout.strip().splitlines()
     lines = [line for line in lines[[l.split()[0] for l in lines].index("measure") + 1:] if " is undefined: " not in line]
     table = {line.split()[0]: line.split()[1] for line in lines}
-    saved = json.load(open(checkpoint.parent / "metrics.json"))
+    saved = json.load(open(checkpoint.parent / "metrics-last.json"))  # named after last.pt
     assert set(table) == set(saved) - {"undefined"}
     for key in ("effective_rank_R", "rankme_Z", "eigenvalue_count_R", "explained_variance_top30_Z",
                 "von_neumann_entropy_R", "matrix_entropy_Z", "renyi_entropy_R", "logdet_entropy_Z",
