@@ -104,7 +104,7 @@ def test_a_folder_held_by_a_live_run_is_refused_and_freed_when_that_run_is_kille
 def test_two_runs_started_together_each_keep_their_folder(tmp_path):
     """The reported case: a seed sweep started with & (default names, one --out). Both finish, in two folders,
     each with its own complete log, checkpoint and results."""
-    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--width", "2", "--image-size", "16", "--train-subset",
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--width", "2", "--image-size", "8", "--train-subset",
            "32", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--threads", "1", "--out", str(tmp_path)]
     procs = [subprocess.Popen([*cmd, "--seed", str(s)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for s in (0, 1)]

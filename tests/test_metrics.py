@@ -408,8 +408,10 @@ def test_cli_prints_every_measure(checkpoint):
     result = run_script("metrics.py", checkpoint, "--max-samples", "400", "--nlr-steps", "100")
     lines = result.stdout.strip().splitlines()
     lines = [line for line in lines[[l.split()[0] for l in lines].index("measure") + 1:] if " is undefined: " not in line]
+    wrote = checkpoint.parent / "metrics-last.json"  # named after last.pt, and said so last
+    assert lines.pop() == f"wrote {wrote}"
     table = {line.split()[0]: line.split()[1] for line in lines}
-    saved = json.load(open(checkpoint.parent / "metrics-last.json"))  # named after last.pt
+    saved = json.load(open(wrote))
     assert set(table) == set(saved) - {"undefined"}
     for key in ("effective_rank_R", "rankme_Z", "eigenvalue_count_R", "explained_variance_top30_Z",
                 "von_neumann_entropy_R", "matrix_entropy_Z", "renyi_entropy_R", "logdet_entropy_Z",
@@ -432,6 +434,7 @@ def test_cli_compare_and_json(checkpoint, tmp_path, capsys):  # in-process: no s
     out = tmp_path / "both.json"
     M.main(["--compare", str(checkpoint), str(other), "--max-samples", "200", "--nlr-steps", "0", "--json", str(out)])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows.pop() == ["wrote", str(out)]
     rows = rows[[r[0] for r in rows].index("measure"):]
     assert rows[0][:3] == ["measure", "r1", "r2"]
     assert all(row[1] == row[2] for row in rows[1:])               # same weights, same numbers
