@@ -114,7 +114,8 @@ def projector(dims, batchnorm=True, last_bias=True, normalize=False):
 # -------------------------------------------------------------------------------- augmentation
 # Three choices here are for speed on the CPU, each measured by benchmarks/augment.py (which says why):
 # ops run on the index-selected samples they apply to, the crop is two matrix products, and the hue
-# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py).
+# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py). The parameters
+# are drawn on the host, so the samples each op applies to are known without waiting for a GPU.
 def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
          blur_p=0.0, solarize_p=0.0):
     """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
@@ -156,7 +157,7 @@ class Augment:
 
     def __call__(self, x):
         x, n = x.float() / 255, len(x) * self.world
-        params = [sample_params(spec, n, x.shape[2], x.shape[3], x.device) for spec in self.views]
+        params = [sample_params(spec, n, x.shape[2], x.shape[3]) for spec in self.views]
         if self.world > 1:
             params = [{k: shard(v) for k, v in p.items()} for p in params]
         # apply_params starts with the crop, which writes a new tensor: x itself is never modified
@@ -176,9 +177,9 @@ def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
-def sample_params(spec, n, height, width, device):
-    """Independent random parameters for n samples, as torchvision's transforms draw them."""
-    rand = lambda *s: torch.rand(*s, device=device)
+def sample_params(spec, n, height, width):
+    """Independent random parameters for n samples, as torchvision's transforms draw them; on the CPU."""
+    rand = torch.rand
     # RandomResizedCrop.get_params: 10 tries of (area, log-uniform ratio), first that fits wins
     area = height * width * (spec["crop_scale"][0] + (spec["crop_scale"][1] - spec["crop_scale"][0]) * rand(n, 10))
     lo, hi = math.log(spec["crop_ratio"][0]), math.log(spec["crop_ratio"][1])
@@ -207,27 +208,30 @@ def sample_params(spec, n, height, width, device):
 def apply_params(x, p, size, spec):
     """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
     crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
-    x = resized_crop(x, p["top"], p["left"], p["height"], p["width"], size)
-    # each op runs on the samples it applies to, gathered with index_select (for speed: see above)
-    idx = p["flip"].nonzero()[:, 0]
+    p = {k: v.to(x.device, non_blocking=True) if v.is_floating_point() else v for k, v in p.items()}
+    x = resized_crop(x, *(p[k].to(x.device, non_blocking=True) for k in ("top", "left", "height", "width")), size)
+    # each op runs on the samples it applies to, gathered with index_select (for speed: see above); the
+    # indices are found on the host (p is there) and sent with the copy, so the device never waits
+    on = lambda mask: mask.nonzero()[:, 0].to(x.device, non_blocking=True)
+    idx = on(p["flip"])
     if len(idx):
         x[idx] = x.index_select(0, idx).flip(-1)
     if spec["jitter_p"] > 0:
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
             for o, op in enumerate(ops):
-                idx = (p["jitter"] & (p["order"][:, position] == o)).nonzero()[:, 0]
+                idx = on(p["jitter"] & (p["order"][:, position] == o))
                 if len(idx):
                     x[idx] = op(x.index_select(0, idx), p["factors"][idx, o])
-    idx = p["gray"].nonzero()[:, 0]
+    idx = on(p["gray"])
     if len(idx):
         x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
-    idx = p["blur"].nonzero()[:, 0]
+    idx = on(p["blur"])
     if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
         x = gaussian_blur(x, p["sigma"], blur_kernel_size())
     elif len(idx):
         x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size())
-    idx = p["solarize"].nonzero()[:, 0]
+    idx = on(p["solarize"])
     if len(idx):
         y = x.index_select(0, idx)
         x[idx] = torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y)
@@ -296,7 +300,7 @@ def adjust_hue(x, f):
     h = h - torch.floor(h)
     # HSV -> RGB in closed form: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
     # with k = (n + 6h) mod 6; the same values as torchvision's six-sector table, without the table
-    k = torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]
+    k = torch.arange(5.0, 0.0, -2.0, device=x.device)[None, :, None, None] + 6 * h[:, None]  # made there: no copy
     k = k - 6 * torch.floor(k / 6)
     return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
 
@@ -331,12 +335,14 @@ class Data:
     def __init__(self, train, probe, test, class_names, mean, std, track=1000):
         (self.train_x, self.train_y), (self.probe_x, self.probe_y), (self.test_x, self.test_y) = train, probe, test
         self.class_names, self.classes = list(class_names), len(class_names)
-        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.mean, self.std, self.on = torch.tensor(mean), torch.tensor(std), {}
         self.track_x = self.test_x[random_indices(len(self.test_x), track)]
 
     def normalize(self, x):  # uint8 or float in [0, 1] -> normalised float, on x's device
         x = x.float() / 255 if x.dtype == torch.uint8 else x
-        return (x - self.mean.to(x.device)[:, None, None]) / self.std.to(x.device)[:, None, None]
+        if x.device not in self.on:  # copied once per device, not every batch
+            self.on[x.device] = [t.to(x.device)[:, None, None] for t in (self.mean, self.std)]
+        return (x - self.on[x.device][0]) / self.on[x.device][1]
 
 
 def load_data(args):
@@ -748,14 +754,15 @@ class OnlineProbe:
     schedule, on both views."""
     def __init__(self, dim, classes, device, lr=1e-3):
         self.linear = nn.Linear(dim, classes).to(device)
-        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0,
+                                           fused=torch.device(device).type in ("cpu", "cuda"))  # no .item() a step
 
     def step(self, features, labels):
         features, labels = gather(features.detach()), gather(labels)  # global batch: the same step everywhere
-        keep = labels >= 0  # STL-10's unlabelled images have label -1
-        if not keep.any():
-            return torch.zeros((), device=features.device)
-        loss = F.cross_entropy(self.linear(features.detach().float()[keep]), labels[keep])
+        # STL-10's unlabelled images (label -1) are left out; mean over the labelled ones (0 if none),
+        # without asking the device how many there are
+        loss = F.cross_entropy(self.linear(features.float()), labels, ignore_index=-1, reduction="sum")
+        loss = loss / (labels >= 0).sum().clamp_min(1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -770,16 +777,18 @@ class OnlineProbe:
 
 
 @torch.no_grad()
-def extract_features(backbone, images, data, device, batch_size=512):
-    """Backbone features (N, F) float32 of un-augmented, normalised uint8 images, in eval mode."""
-    was_training = backbone.training
+def extract_features(backbone, images, data, device, batch_size=512, views=None):
+    """Backbone features (N, F) of un-augmented, normalised uint8 images, in eval mode and in float32, never
+    under autocast: bf16 would floor every spectrum measured from them near 1e-7 of its largest value.
+    With views (an Augment): a tuple, the features of each of its views."""
+    was_training, out = backbone.training, []
     backbone.eval()
-    out = []
     for chunk in images.split(batch_size):
-        with autocast(device):
-            out.append(backbone(data.normalize(chunk.to(device))).float())
+        chunk = chunk.to(device)
+        out.append([backbone(x) for x in (views(chunk) if views else (data.normalize(chunk),))])
     backbone.train(was_training)
-    return torch.cat(out)
+    features = tuple(torch.cat(parts) for parts in zip(*out))
+    return features if views else features[0]
 
 
 @torch.no_grad()
@@ -794,8 +803,8 @@ def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0
     for f, y in zip(test_f.split(chunk), test_y.split(chunk)):
         sim, idx = (f @ train_f.T).topk(k, dim=1)  # (c, k)
         votes = torch.zeros(len(f), classes, device=f.device).scatter_add_(1, train_y[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1) == y).sum().item()
-    return correct / len(test_f)
+        correct += (votes.argmax(1) == y).sum()
+    return float(correct) / len(test_f)
 
 
 def evaluate(backbone, probe, data, device):
@@ -844,23 +853,24 @@ class LARS(torch.optim.Optimizer):
                                       clip=clip, lars_exclude=False))
 
     @torch.no_grad()
-    def step(self):
+    def step(self):  # each group in a few foreach ops over all its parameters, not a loop of small ops
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad
-                if not group["lars_exclude"]:
-                    update = update.add(p, alpha=group["weight_decay"])
-                    w_norm, u_norm = torch.norm(p), torch.norm(update)
-                    trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
-                                        torch.ones_like(w_norm))
-                    if group["clip"]:
-                        trust = (trust / group["lr"]).clamp(max=1.0)
-                    update = update * trust
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(update)
-                p.add_(buf, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+                w_norm, u_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates))
+                trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm, 1.0)  # (P,)
+                if group["clip"]:
+                    trust = (trust / group["lr"]).clamp(max=1.0)
+                updates = torch._foreach_mul(updates, list(trust.unbind()))
+            bufs = [self.state[p]["momentum_buffer"] if "momentum_buffer" in self.state[p] else
+                    self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, updates)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
 def make_optimizer(model, args):
@@ -905,10 +915,24 @@ def seed_epoch(seed, epoch):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (losses are then computed in float32 by the method); none elsewhere."""
-    if device.type == "cuda":
+    """bf16 autocast on GPUs that compute it natively (compute capability 8.0+: A100, H100, RTX 30xx), losses
+    in float32; float32 elsewhere (V100, T4 only emulate bf16; fp16 would need a GradScaler in every step)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+NO_FLOAT64 = ("mps",)  # devices without float64 (Apple GPUs); tests add "cpu" to emulate one
+
+
+def precise_dtype(device):  # of log-dets, running covariances, spectra: float64, float32 where there is none
+    return torch.float32 if torch.device(device).type in NO_FLOAT64 else torch.float64
+
+
+def on_cpu_without_float64(fn, x):  # fn(x), an op MPS lacks (eigvalsh, svdvals): there on the CPU in float64
+    if x.device.type not in NO_FLOAT64:
+        return fn(x)
+    return fn(x.to("cpu", torch.float64)).to(x.device, precise_dtype(x.device))
 
 
 def channels_last(device):
