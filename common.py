@@ -1275,6 +1275,8 @@ def get_parser(method, doc, recipes):
     run.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
     run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
     run.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
+    run.add_argument("--save-every", type=nonnegative(int), default=0, help="write last.pt every N epochs, and at the "
+                     "end and --stop-after; 0: whenever writing it has taken at most 2%% of the training time so far")
     p.set_defaults(method=method)
     p.recipes = recipes
     return p
@@ -1296,7 +1298,7 @@ def parse_args(parser, argv=None):
     given = parser.given = given_flags(parser, argv, args)  # parser.given: for a method's own defaults
     flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        given -= {"resume", "stop_after", "device"}
+        given -= {"resume", "stop_after", "device", "save_every"}  # these a resume may set anew
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
         try:
             saved = json.load(open(os.path.join(run_dir, "args.json")))
@@ -1309,7 +1311,8 @@ def parse_args(parser, argv=None):
             if k in saved and saved[k] != getattr(args, k):
                 fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run "
                      f"({saved[k]}); resume uses the saved arguments, so drop the flag")
-        vars(args).update({k: v for k, v in saved.items() if k not in ("resume", "stop_after", "device")})
+        vars(args).update({k: v for k, v in saved.items()
+                           if k not in ("resume", "stop_after", "device", "save_every")})
         args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
     else:  # the dataset's recipe fills in whatever was not given on the command line
         args.recipe = args.recipe or args.dataset
@@ -1426,7 +1429,7 @@ class Run:
         if WORLD_SIZE > 1:
             print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
                    f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
-        self.seconds, self.last_eval = 0.0, {}
+        self.seconds, self.last_eval, self.save_seconds = 0.0, {}, 0.0
         signal.signal(signal.SIGINT, self.interrupted)  # from here on, data loading included
 
     def on_disk(self):
@@ -1506,11 +1509,17 @@ class Run:
                         if k not in ("world_size", "global_batch")))
 
     def save(self, epoch, state):
-        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically."""
+        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically when due (--save-every;
+        by default whenever writing has taken at most 2% of the training time so far: a GPU epoch can take less time
+        than writing 200 MB), and always at the last epoch and at --stop-after."""
+        every, end = self.args.save_every, epoch >= min(self.args.epochs, self.args.stop_after or self.args.epochs)
+        if not (end or (epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds)):
+            return
+        start = time.time()
         if RANK == 0:
             atomic_write(self.ckpt_path, {"epoch": epoch, "args": vars(self.args),
                                           "state": {k: obj.state_dict() for k, obj in state.items()}})
-        self.saved = epoch
+        self.saved, self.save_seconds = epoch, self.save_seconds + time.time() - start
 
     def stopped(self, epoch):
         print0(f"stopped after epoch {epoch} (--stop-after); continue with --resume {self.dir}")

@@ -2,7 +2,9 @@
 them with host tensors, and every host synchronisation of a training step is counted), a device without
 float64 (MPS), and LARS's foreach form against the loop it replaced."""
 import collections
+import contextlib
 import copy
+import os
 import importlib
 
 import pytest
@@ -66,8 +68,8 @@ class NoFloat64(TorchFunctionMode):
         return out
 
 
-def one_step(method, monkeypatch, tmp_path, mode, extra=()):
-    """Run method.main in this process on a tiny shapes run, with `mode` on during the first training step
+def one_step(method, monkeypatch, tmp_path, modes, extra=()):
+    """Run method.main in this process on a tiny shapes run, with `modes` on during the first training step
     only (from the batch it gets to the end of the loop body): the evaluation is skipped."""
     monkeypatch.setattr(common, "evaluate", lambda *a, **k: {"knn_acc": 0.0})
 
@@ -80,7 +82,9 @@ def one_step(method, monkeypatch, tmp_path, mode, extra=()):
                 for i, batch in enumerate(loader):
                     if i > 0:
                         return
-                    with mode:
+                    with contextlib.ExitStack() as stack:
+                        for mode in modes:
+                            stack.enter_context(mode)
                         yield batch
         return Steps()
     monkeypatch.setattr(common.Run, "progress", progress)
@@ -97,28 +101,25 @@ DECLARED = {"simclr": {}, "vicreg": {}, "barlow": {}, "corinfomax": {}, "adadim"
 
 @pytest.mark.parametrize("method", list(DECLARED))
 def test_a_training_step_does_not_wait_for_the_device(method, monkeypatch, tmp_path):
-    mode = SecondDevice()
-    one_step(method, monkeypatch, tmp_path, mode)
-    assert dict(mode.syncs) == DECLARED[method]
-    assert not mode.mixed and not mode.copies, (mode.mixed, mode.copies)
+    # and, for the methods with float64 state or solves, makes no float64 tensor where the device has none
+    # (MPS: the CPU is declared such a device), but in common.on_cpu_without_float64's CPU part
+    device, no_float64 = SecondDevice(), NoFloat64()
+    modes = [device]
+    if method in ("corinfomax", "adadim", "sslpm"):
+        monkeypatch.setattr(common, "NO_FLOAT64", ("cpu", "mps"))
+        fallback, modes = common.on_cpu_without_float64, [device, no_float64]
 
-
-@pytest.mark.parametrize("method", ["corinfomax", "adadim", "sslpm"])
-def test_a_training_step_without_float64(method, monkeypatch, tmp_path):
-    # MPS has no float64: with the CPU declared such a device, a step makes no float64 tensor
-    monkeypatch.setattr(common, "NO_FLOAT64", ("cpu", "mps"))
-    mode = NoFloat64()
-    fallback = common.on_cpu_without_float64
-
-    def paused(fn, x):
-        mode.paused = True
-        try:
-            return fallback(fn, x)
-        finally:
-            mode.paused = False
-    monkeypatch.setattr(common, "on_cpu_without_float64", paused)
-    one_step(method, monkeypatch, tmp_path, mode, ["--alpha-every", "1"] if method == "adadim" else [])
-    assert not mode.made, mode.made
+        def paused(fn, x):
+            no_float64.paused = True
+            try:
+                return fallback(fn, x)
+            finally:
+                no_float64.paused = False
+        monkeypatch.setattr(common, "on_cpu_without_float64", paused)
+    one_step(method, monkeypatch, tmp_path, modes, ["--alpha-every", "1"] if method == "adadim" else [])
+    assert dict(device.syncs) == DECLARED[method]
+    assert not device.mixed and not device.copies, (device.mixed, device.copies)
+    assert not no_float64.made, no_float64.made
 
 
 def features(n=64, d=12, seed=0):
@@ -133,7 +134,7 @@ def test_metrics_keep_to_the_device_of_their_inputs():
     views = (r, r + 0.1, z, z + 0.1)
     mode = SecondDevice()
     with mode:
-        out = metrics.report(r, z, torch.arange(64, device=r.device) % 3, views=views, nlr_steps=5)
+        out = metrics.report(r, z, torch.arange(64, device=r.device) % 3, views=views, nlr_steps=2)
         metrics.nonlinear_redundancy(r, steps=2)
     assert not mode.mixed, mode.mixed
     assert "undefined" not in out, out.get("undefined")
@@ -145,7 +146,7 @@ def test_metrics_without_float64(monkeypatch):
     r, z = features()
     mode = NoFloat64()
     with mode:
-        out = metrics.report(r, z, torch.arange(64) % 3, views=(r, r + 0.1, z, z + 0.1), nlr_steps=5)
+        out = metrics.report(r, z, torch.arange(64) % 3, views=(r, r + 0.1, z, z + 0.1), nlr_steps=2)
     assert not mode.made, mode.made
     assert "undefined" not in out, out.get("undefined")
     exact = metrics.report(r.double(), z.double(), torch.arange(64) % 3, nlr_steps=0)
@@ -213,3 +214,28 @@ def test_lars_equals_the_loop_it_replaced(clip):
     for p, q in zip(a.parameters(), b.parameters()):
         if p.requires_grad:
             assert torch.equal(optimizers[0].state[p]["momentum_buffer"], optimizers[1].state[q]["momentum_buffer"])
+
+
+def test_checkpoint_cadence(tmp_path, monkeypatch):
+    # --save-every N: last.pt at every N-th epoch, at --stop-after and at the end; by default (0) whenever
+    # writing has taken at most 2% of the training time so far
+    import argparse
+    import signal
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+
+    def saved_epochs(every, stop_after=None, epoch_seconds=1.0):
+        args = argparse.Namespace(out=str(tmp_path), name=f"r{every}-{stop_after}-{epoch_seconds}", resume=None,
+                                  epochs=10, stop_after=stop_after, save_every=every, batch_size=2, lr=0.1)
+        run, saved = common.Run(args, __file__, torch.device("cpu")), []
+        os.makedirs(run.dir)
+        for epoch in range(1, (stop_after or 10) + 1):
+            run.seconds += epoch_seconds
+            run.save(epoch, {"w": torch.nn.Linear(2, 2)})
+            if run.saved == epoch:
+                saved.append(epoch)
+                run.save_seconds = 0.05 * len(saved)  # as if each write took 50 ms
+        return saved
+    assert saved_epochs(3) == [3, 6, 9, 10]
+    assert saved_epochs(4, stop_after=5) == [4, 5]
+    assert saved_epochs(0, epoch_seconds=10.0) == list(range(1, 11))     # 50 ms of 10 s epochs: every one
+    assert saved_epochs(0, epoch_seconds=0.5) == [1, 5, 10]             # 50 ms of 0.5 s epochs: 2% at 2.5 s
