@@ -161,7 +161,7 @@ class Augment:
         if self.world > 1:
             params = [{k: shard(v) for k, v in p.items()} for p in params]
         # apply_params starts with the crop, which writes a new tensor: x itself is never modified
-        layout = torch.channels_last if channels_last(x.device) else torch.contiguous_format
+        layout = torch.channels_last if channels_last(x.device, self.size) else torch.contiguous_format
         return tuple(self.data.normalize(apply_params(x, p, self.size, spec)).contiguous(memory_format=layout)
                      for p, spec in zip(params, self.views))
 
@@ -935,15 +935,17 @@ def on_cpu_without_float64(fn, x):  # fn(x), an op MPS lacks (eigvalsh, svdvals)
     return fn(x.to("cpu", torch.float64)).to(x.device, precise_dtype(x.device))
 
 
-def channels_last(device):
-    """Whether convolutions run in channels_last memory layout: faster with cuDNN and with oneDNN on the
-    CPU (benchmarks/train.py measures it); MPS supports it only in part."""
-    return device.type in ("cuda", "cpu")
+def channels_last(device, size):
+    """Whether convolutions run in channels_last memory layout: faster with cuDNN, and with oneDNN on the CPU
+    (15-27% a step at 16-64 px), where its backward crashes (segmentation fault) at 192-224 px for widths 4
+    and 8: used there only up to 128 px, the sizes tests/test_devices.py runs. MPS supports it only in part."""
+    return device.type == "cuda" or (device.type == "cpu" and size <= 128)
 
 
 def prepare_model(model, args, device):
     sync_batchnorm(model.to(device))
-    if channels_last(device):
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # the fastest kernels for the run's fixed shapes
+    if channels_last(device, args.image_size):
         model.to(memory_format=torch.channels_last)
     if args.compile:
         model.backbone.compile()  # in place: state_dict keys stay the same

@@ -150,7 +150,7 @@ def main():
     torch.manual_seed(0)
     methods = [Method(name, a, device) for name in ["vicreg"] + [n for n in a.methods if n != "vicreg"]]
     x1, x2 = (torch.randn(a.batch_size, 3, a.image_size, a.image_size, device=device) for _ in range(2))
-    if common.channels_last(device):  # as common.Augment gives the training loops their views
+    if common.channels_last(device, a.image_size):  # as common.Augment gives the training loops their views
         x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, ResNet-18 width "
           f"{a.width} ({methods[0].model.backbone.out_dim}-d features), {a.image_size} px, batch {a.batch_size}, "

@@ -6,6 +6,8 @@ import contextlib
 import copy
 import os
 import importlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from torch.utils._pytree import tree_flatten
 
 import common
 import metrics
-from conftest import TINY
+from conftest import ROOT, TINY
 
 FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "eye", "rand", "randn", "randint",
              "randperm", "linspace"}
@@ -239,3 +241,21 @@ def test_checkpoint_cadence(tmp_path, monkeypatch):
     assert saved_epochs(4, stop_after=5) == [4, 5]
     assert saved_epochs(0, epoch_seconds=10.0) == list(range(1, 11))     # 50 ms of 10 s epochs: every one
     assert saved_epochs(0, epoch_seconds=0.5) == [1, 5, 10]             # 50 ms of 0.5 s epochs: 2% at 2.5 s
+
+
+def test_channels_last_backward_where_it_is_used():
+    # oneDNN's channels_last backward crashed the process (segmentation fault) at 192-224 px for widths 4
+    # and 8 (benchmarks: every width 4-64 from 32 to 128 px ran): one forward and backward of a batch of 2,
+    # in a subprocess, at the largest sizes common.channels_last allows on the CPU
+    code = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import common
+for size, width in ((63, 8), (128, 4), (128, 8)):  # the largest of each stem; the widths that crashed
+    assert common.channels_last(torch.device("cpu"), size)
+    model = common.backbone("resnet18", width, size).to(memory_format=torch.channels_last)
+    model(torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last)).sum().backward()
+assert not common.channels_last(torch.device("cpu"), 129)
+"""
+    result = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
