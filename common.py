@@ -20,6 +20,7 @@ import argparse
 import atexit
 import concurrent.futures
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -596,7 +597,8 @@ def decode_split(files, size, desc):
             errors[i] = f"{files[i][0]} ({e.__class__.__name__}: {str(e)[:80]})"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one image per thread, no threads inside its resize
-    pool = concurrent.futures.ThreadPoolExecutor(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    pool = concurrent.futures.ThreadPoolExecutor(cores)  # every core, even where torchrun sets OMP_NUM_THREADS=1
     try:
         for _ in Progress(pool.map(one, range(len(files))), len(files), desc, unit="file"):
             pass
@@ -651,11 +653,10 @@ def resize_images(x, size):
 
 
 def channel_stats(x):
-    """Per-channel mean and std of uint8 images (N, 3, H, W), in [0, 1] units, in chunks of float64."""
-    n = 255 * x.shape[0] * x.shape[2] * x.shape[3]
-    mean = sum(c.double().sum((0, 2, 3)) for c in x.split(4096)) / n
-    square = sum((c.double() ** 2).sum((0, 2, 3)) for c in x.split(4096)) / (255 * n)
-    return mean.tolist(), (square - mean ** 2).sqrt().tolist()
+    """Per-channel mean and std of uint8 images (N, 3, H, W) in [0, 1] units, from exact integer sums by chunks."""
+    sums = sum(torch.stack([c.sum((0, 2, 3), dtype=torch.int64), c.int().square().sum((0, 2, 3), dtype=torch.int64)])
+               for c in x.split(64)).double() / (x.numel() // 3)                    # (2, 3) E[x], E[x^2]
+    return (sums[0] / 255).tolist(), ((sums[1] - sums[0] ** 2).sqrt() / 255).tolist()
 
 
 # ------------------------------------------------------------------ data: shapes
@@ -723,15 +724,19 @@ def shape_mask(k, u, v):
 
 class Loader:
     """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
-    the device. The dataset is moved to the device once if it fits (else kept in pinned CPU memory).
+    the device. The dataset is moved to the device once if it fits (else each batch is copied there).
     With shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
     def __init__(self, images, labels, batch_size, device, shard=True):
         if batch_size > len(images):
             fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); "
                  f"use --batch-size {len(images)} or less")
         self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
-        on_device = device.type != "cuda" or images.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]
-        self.images = images.to(device) if on_device else images.pin_memory()
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
+        on_device = images.numel() < 0.5 * free
+        if device.type == "cuda" and shard:
+            print0(f"data: {images.numel() / 1e9:.1f} GB of images {'on the GPU' if on_device else 'in CPU memory, a batch '
+                   'copied at a time'} ({free / 1e9:.1f} GB free; the data goes there under half of it)")
+        self.images = images.to(device) if on_device else images  # not pinned: that is one more copy of the set
         self.labels = labels.to(self.images.device)
 
     def __len__(self):
@@ -778,9 +783,8 @@ class OnlineProbe:
 
 @torch.no_grad()
 def extract_features(backbone, images, data, device, batch_size=512, views=None):
-    """Backbone features (N, F) of un-augmented, normalised uint8 images, in eval mode and in float32, never
-    under autocast: bf16 would floor every spectrum measured from them near 1e-7 of its largest value.
-    With views (an Augment): a tuple, the features of each of its views."""
+    """Backbone features (N, F) of normalised uint8 images (with views, an Augment: a tuple, one per view), in
+    eval mode, in float32: never under autocast, whose bf16 floors every spectrum near 1e-7 of its top value."""
     was_training, out = backbone.training, []
     backbone.eval()
     for chunk in images.split(batch_size):
@@ -936,9 +940,8 @@ def on_cpu_without_float64(fn, x):  # fn(x), an op MPS lacks (eigvalsh, svdvals)
 
 
 def channels_last(device, size):
-    """Whether convolutions run in channels_last memory layout: faster with cuDNN, and with oneDNN on the CPU
-    (15-27% a step at 16-64 px), where its backward crashes (segmentation fault) at 192-224 px for widths 4
-    and 8: used there only up to 128 px, the sizes tests/test_devices.py runs. MPS supports it only in part."""
+    """Whether convolutions run channels_last: faster with cuDNN, and with oneDNN on the CPU (15-27% at 16-64 px)
+    up to 128 px (tests/test_devices.py); its backward crashed at 192-224 px. MPS supports it only in part."""
     return device.type == "cuda" or (device.type == "cpu" and size <= 128)
 
 
@@ -1060,10 +1063,27 @@ def setup_device(args):
     args.world_size = WORLD_SIZE
     device = get_device(args.device)
     args.device = str(device if WORLD_SIZE == 1 or device.type != "cuda" else torch.device("cuda", LOCAL_RANK))
+    default_hook = sys.excepthook
+
+    def one_line(kind, e, tb):  # out of GPU memory, or a process of the job that failed: one line, not a trace
+        if issubclass(kind, torch.cuda.OutOfMemoryError):
+            print(f"error: the GPU ran out of memory; use a smaller --batch-size (now {args.batch_size}) or "
+                  f"--image-size (now {args.image_size}), or --train-subset (see the line on where the data lives)",
+                  file=sys.stderr)
+        elif WORLD_SIZE > 1 and issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(
+                kind, getattr(dist, "DistError", ()))):  # a process that failed closes its connections
+            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
+                  file=sys.stderr)
+        else:
+            default_hook(kind, e, tb)
+    sys.excepthook = one_line
     if WORLD_SIZE == 1:
         return device
     if device.type not in ("cuda", "cpu"):
         fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
+    if args.compile:
+        fail("--compile: not under torchrun (SyncBatchNorm and the batch gather break torch.compile's graphs); "
+             "drop --compile, or train in one process")
     if args.batch_size % WORLD_SIZE:
         fail(f"--batch-size {args.batch_size} is the global batch and must be a multiple of the "
              f"{WORLD_SIZE} processes (each takes an equal slice)")
@@ -1071,20 +1091,12 @@ def setup_device(args):
         device = torch.device("cuda", LOCAL_RANK)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # timeout: the others wait while the first process of a machine downloads or decodes the data (minutes)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
         # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
         # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
         # called without an active exception"; pytorch PR 179291), failing a run that had finished.
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    default_hook = sys.excepthook
-
-    def lost_peer(kind, e, tb):  # a process that failed closes its connections: the others say so in one line
-        if issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(kind, getattr(dist, "DistError", ()))):
-            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
-                  file=sys.stderr)
-        else:
-            default_hook(kind, e, tb)
-    sys.excepthook = lost_peer
     name = [args.name]  # the default name holds the time, which may differ by a second between processes
     dist.broadcast_object_list(name, src=0)
     args.name = name[0]
@@ -1511,9 +1523,8 @@ class Run:
                         if k not in ("world_size", "global_batch")))
 
     def save(self, epoch, state):
-        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically when due (--save-every;
-        by default whenever writing has taken at most 2% of the training time so far: a GPU epoch can take less time
-        than writing 200 MB), and always at the last epoch and at --stop-after."""
+        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically when --save-every says
+        (default: while writing has taken at most 2% of the training time), at the last epoch and --stop-after."""
         every, end = self.args.save_every, epoch >= min(self.args.epochs, self.args.stop_after or self.args.epochs)
         if not (end or (epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds)):
             return

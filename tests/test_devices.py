@@ -259,3 +259,17 @@ assert not common.channels_last(torch.device("cpu"), 129)
 """
     result = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+
+
+def test_one_line_errors_of_gpus_and_torchrun(monkeypatch, capsys):
+    import argparse
+    args = argparse.Namespace(threads=1, device="cpu", batch_size=64, image_size=32, compile=True, name="x")
+    monkeypatch.setattr(common, "WORLD_SIZE", 2)  # torchrun: --compile is refused before joining the group
+    with pytest.raises(SystemExit, match="--compile: not under torchrun"):
+        common.setup_device(args)
+    monkeypatch.setattr(common, "WORLD_SIZE", 1)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    common.setup_device(args)
+    sys.excepthook(torch.cuda.OutOfMemoryError, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried ..."), None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size (now 64)" in err and "--image-size (now 32)" in err
