@@ -734,8 +734,9 @@ class Loader:
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
         on_device = images.numel() < 0.5 * free
         if device.type == "cuda" and shard:
-            print0(f"data: {images.numel() / 1e9:.1f} GB of images {'on the GPU' if on_device else 'in CPU memory, a batch '
-                   'copied at a time'} ({free / 1e9:.1f} GB free; the data goes there under half of it)")
+            where = "on the GPU" if on_device else "in CPU memory, a batch copied at a time"
+            print0(f"data: {images.numel() / 1e9:.1f} GB of images {where} ({free / 1e9:.1f} GB free; on the GPU "
+                   "when under half of that)")
         self.images = images.to(device) if on_device else images  # not pinned: that is one more copy of the set
         self.labels = labels.to(self.images.device)
 
