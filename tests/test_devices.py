@@ -273,3 +273,15 @@ def test_one_line_errors_of_gpus_and_torchrun(monkeypatch, capsys):
     sys.excepthook(torch.cuda.OutOfMemoryError, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried ..."), None)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--batch-size (now 64)" in err and "--image-size (now 32)" in err
+
+
+def test_fallback_computes_in_float64_on_the_cpu(monkeypatch):
+    # AdaDim's alpha and CorInfoMax's eigenvalues_R1 on a device without float64 (MPS lacks eigvalsh and
+    # svdvals too): computed on the CPU in float64, returned in the device's precise dtype
+    import adadim
+    z = torch.randn(32, 8) @ torch.randn(8, 16)
+    monkeypatch.setattr(common, "NO_FLOAT64", ("cpu", "mps"))
+    rank = common.on_cpu_without_float64(adadim.effective_rank, z)
+    assert rank.dtype == torch.float32 and rank.item() == pytest.approx(adadim.effective_rank(z.double()).item(), rel=1e-6)
+    eig = common.on_cpu_without_float64(torch.linalg.eigvalsh, z.T @ z)
+    assert eig.dtype == torch.float32 and torch.allclose(eig.double(), torch.linalg.eigvalsh((z.T @ z).double()), rtol=1e-5)
