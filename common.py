@@ -23,6 +23,7 @@ import argparse
 import atexit
 import concurrent.futures
 import contextlib
+import datetime
 import hashlib
 import itertools
 import json
@@ -126,7 +127,8 @@ def projector(dims, batchnorm=True, last_bias=True, normalize=False):
 # -------------------------------------------------------------------------------- augmentation
 # Three choices here are for speed on the CPU, each measured by benchmarks/augment.py (which says why):
 # ops run on the index-selected samples they apply to, the crop is two matrix products, and the hue
-# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py).
+# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py). The parameters
+# are drawn on the host, so the samples each op applies to are known without waiting for a GPU.
 def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
          blur_p=0.0, solarize_p=0.0):
     """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
@@ -168,11 +170,11 @@ class Augment:
 
     def __call__(self, x):
         x, n = x.float() / 255, len(x) * self.world
-        params = [sample_params(spec, n, x.shape[2], x.shape[3], x.device) for spec in self.views]
+        params = [sample_params(spec, n, x.shape[2], x.shape[3]) for spec in self.views]
         if self.world > 1:
             params = [{k: shard(v) for k, v in p.items()} for p in params]
         # apply_params starts with the crop, which writes a new tensor: x itself is never modified
-        layout = torch.channels_last if channels_last(x.device) else torch.contiguous_format
+        layout = torch.channels_last if channels_last(x.device, self.size) else torch.contiguous_format
         return tuple(self.data.normalize(apply_params(x, p, self.size, spec)).contiguous(memory_format=layout)
                      for p, spec in zip(params, self.views))
 
@@ -188,9 +190,9 @@ def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
-def sample_params(spec, n, height, width, device):
-    """Independent random parameters for n samples, as torchvision's transforms draw them."""
-    rand = lambda *s: torch.rand(*s, device=device)
+def sample_params(spec, n, height, width):
+    """Independent random parameters for n samples, as torchvision's transforms draw them; on the CPU."""
+    rand = torch.rand
     # RandomResizedCrop.get_params: 10 tries of (area, log-uniform ratio), first that fits wins
     area = height * width * (spec["crop_scale"][0] + (spec["crop_scale"][1] - spec["crop_scale"][0]) * rand(n, 10))
     lo, hi = math.log(spec["crop_ratio"][0]), math.log(spec["crop_ratio"][1])
@@ -219,27 +221,30 @@ def sample_params(spec, n, height, width, device):
 def apply_params(x, p, size, spec):
     """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
     crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
-    x = resized_crop(x, p["top"], p["left"], p["height"], p["width"], size)
-    # each op runs on the samples it applies to, gathered with index_select (for speed: see above)
-    idx = p["flip"].nonzero()[:, 0]
+    p = {k: v.to(x.device, non_blocking=True) if v.is_floating_point() else v for k, v in p.items()}
+    x = resized_crop(x, *(p[k].to(x.device, non_blocking=True) for k in ("top", "left", "height", "width")), size)
+    # each op runs on the samples it applies to, gathered with index_select (for speed: see above); the
+    # indices are found on the host (p is there) and sent with the copy, so the device never waits
+    on = lambda mask: mask.nonzero()[:, 0].to(x.device, non_blocking=True)
+    idx = on(p["flip"])
     if len(idx):
         x[idx] = x.index_select(0, idx).flip(-1)
     if spec["jitter_p"] > 0:
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
             for o, op in enumerate(ops):
-                idx = (p["jitter"] & (p["order"][:, position] == o)).nonzero()[:, 0]
+                idx = on(p["jitter"] & (p["order"][:, position] == o))
                 if len(idx):
                     x[idx] = op(x.index_select(0, idx), p["factors"][idx, o])
-    idx = p["gray"].nonzero()[:, 0]
+    idx = on(p["gray"])
     if len(idx):
         x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
-    idx = p["blur"].nonzero()[:, 0]
+    idx = on(p["blur"])
     if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
         x = gaussian_blur(x, p["sigma"], blur_kernel_size())
     elif len(idx):
         x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size())
-    idx = p["solarize"].nonzero()[:, 0]
+    idx = on(p["solarize"])
     if len(idx):
         y = x.index_select(0, idx)
         x[idx] = torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y)
@@ -309,7 +314,7 @@ def adjust_hue(x, f):
     h = h - torch.floor(h)
     # HSV -> RGB in closed form: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
     # with k = (n + 6h) mod 6; the same values as torchvision's six-sector table, without the table
-    k = torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]
+    k = torch.arange(5.0, 0.0, -2.0, device=x.device)[None, :, None, None] + 6 * h[:, None]  # made there: no copy
     k = k - 6 * torch.floor(k / 6)
     return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
 
@@ -344,12 +349,14 @@ class Data:
     def __init__(self, train, probe, test, class_names, mean, std, track=1000):
         (self.train_x, self.train_y), (self.probe_x, self.probe_y), (self.test_x, self.test_y) = train, probe, test
         self.class_names, self.classes = list(class_names), len(class_names)
-        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.mean, self.std, self.on = torch.tensor(mean), torch.tensor(std), {}
         self.track_x = self.test_x[random_indices(len(self.test_x), track)]
 
     def normalize(self, x):  # uint8 or float in [0, 1] -> normalised float, on x's device
         x = x.float() / 255 if x.dtype == torch.uint8 else x
-        return (x - self.mean.to(x.device)[:, None, None]) / self.std.to(x.device)[:, None, None]
+        if x.device not in self.on:  # copied once per device, not every batch
+            self.on[x.device] = [t.to(x.device)[:, None, None] for t in (self.mean, self.std)]
+        return (x - self.on[x.device][0]) / self.on[x.device][1]
 
 
 def load_data(args):
@@ -643,7 +650,8 @@ def decode_split(files, size, desc):
             errors[i] = f"{files[i][0]} ({e.__class__.__name__}: {str(e)[:80]})"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one image per thread, no threads inside its resize
-    pool = concurrent.futures.ThreadPoolExecutor(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    pool = concurrent.futures.ThreadPoolExecutor(cores)  # every core, even where torchrun sets OMP_NUM_THREADS=1
     try:
         for _ in Progress(pool.map(one, range(len(files))), len(files), desc, unit="file"):
             pass
@@ -698,11 +706,10 @@ def resize_images(x, size):
 
 
 def channel_stats(x):
-    """Per-channel mean and std of uint8 images (N, 3, H, W), in [0, 1] units, in chunks of float64."""
-    n = 255 * x.shape[0] * x.shape[2] * x.shape[3]
-    mean = sum(c.double().sum((0, 2, 3)) for c in x.split(4096)) / n
-    square = sum((c.double() ** 2).sum((0, 2, 3)) for c in x.split(4096)) / (255 * n)
-    return mean.tolist(), (square - mean ** 2).sqrt().tolist()
+    """Per-channel mean and std of uint8 images (N, 3, H, W) in [0, 1] units, from exact integer sums by chunks."""
+    sums = sum(torch.stack([c.sum((0, 2, 3), dtype=torch.int64), c.int().square().sum((0, 2, 3), dtype=torch.int64)])
+               for c in x.split(64)).double() / (x.numel() // 3)                    # (2, 3) E[x], E[x^2]
+    return (sums[0] / 255).tolist(), ((sums[1] - sums[0] ** 2).sqrt() / 255).tolist()
 
 
 # ------------------------------------------------------------------ data: shapes
@@ -771,7 +778,7 @@ def shape_mask(k, u, v):
 # ------------------------------------------------------------------ data: the loader
 class Loader:
     """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
-    the device. The dataset is moved to the device once if it fits (else kept in pinned CPU memory).
+    the device. The dataset is moved to the device once if it fits (else each batch is copied there).
     With shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
     def __init__(self, images, labels, batch_size, device, shard=True):
         fits = len(images) // WORLD_SIZE * WORLD_SIZE  # the largest global batch it allows, if 2 or more
@@ -780,8 +787,13 @@ class Loader:
                  f"the largest it allows is --batch-size {fits}" if fits >= 2 else
                  f"a batch needs 2 or more: use --train-subset {batch_size} or more (0: all images), or add images"))
         self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
-        on_device = device.type != "cuda" or images.numel() < 0.5 * torch.cuda.mem_get_info(device)[0]
-        self.images = images.to(device) if on_device else images.pin_memory()
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
+        on_device = images.numel() < 0.5 * free
+        if device.type == "cuda" and shard:
+            where = "on the GPU" if on_device else "in CPU memory, a batch copied at a time"
+            print0(f"data: {images.numel() / 1e9:.1f} GB of images {where} ({free / 1e9:.1f} GB free; on the GPU "
+                   "when under half of that)")
+        self.images = images.to(device) if on_device else images  # not pinned: that is one more copy of the set
         self.labels = labels.to(self.images.device)
 
     def __len__(self):
@@ -804,14 +816,15 @@ class OnlineProbe:
     schedule, on both views."""
     def __init__(self, dim, classes, device, lr=1e-3):
         self.linear = nn.Linear(dim, classes).to(device)
-        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0,
+                                           fused=torch.device(device).type in ("cpu", "cuda"))  # no .item() a step
 
     def step(self, features, labels):
         features, labels = gather(features.detach()), gather(labels)  # global batch: the same step everywhere
-        keep = labels >= 0  # STL-10's unlabelled images have label -1
-        if not keep.any():
-            return torch.zeros((), device=features.device)
-        loss = F.cross_entropy(self.linear(features.detach().float()[keep]), labels[keep])
+        # STL-10's unlabelled images (label -1) are left out; mean over the labelled ones (0 if none),
+        # without asking the device how many there are
+        loss = F.cross_entropy(self.linear(features.float()), labels, ignore_index=-1, reduction="sum")
+        loss = loss / (labels >= 0).sum().clamp_min(1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -826,16 +839,17 @@ class OnlineProbe:
 
 
 @torch.no_grad()
-def extract_features(backbone, images, data, device, batch_size=512):
-    """Backbone features (N, F) float32 of un-augmented, normalised uint8 images, in eval mode."""
-    was_training = backbone.training
+def extract_features(backbone, images, data, device, batch_size=512, views=None):
+    """Backbone features (N, F) of normalised uint8 images (with views, an Augment: a tuple, one per view), in
+    eval mode, in float32: never under autocast, whose bf16 floors every spectrum near 1e-7 of its top value."""
+    was_training, out = backbone.training, []
     backbone.eval()
-    out = []
     for chunk in images.split(batch_size):
-        with autocast(device):
-            out.append(backbone(data.normalize(chunk.to(device))).float())
+        chunk = chunk.to(device)
+        out.append([backbone(x) for x in (views(chunk) if views else (data.normalize(chunk),))])
     backbone.train(was_training)
-    return torch.cat(out)
+    features = tuple(torch.cat(parts) for parts in zip(*out))
+    return features if views else features[0]
 
 
 @torch.no_grad()
@@ -850,8 +864,8 @@ def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0
     for f, y in zip(test_f.split(chunk), test_y.split(chunk)):
         sim, idx = (f @ train_f.T).topk(k, dim=1)  # (c, k)
         votes = torch.zeros(len(f), classes, device=f.device).scatter_add_(1, train_y[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1) == y).sum().item()
-    return correct / len(test_f)
+        correct += (votes.argmax(1) == y).sum()
+    return float(correct) / len(test_f)
 
 
 def evaluate(backbone, probe, data, device):
@@ -901,23 +915,24 @@ class LARS(torch.optim.Optimizer):
                                       clip=clip, lars_exclude=False))
 
     @torch.no_grad()
-    def step(self):
+    def step(self):  # each group in a few foreach ops over all its parameters, not a loop of small ops
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad
-                if not group["lars_exclude"]:
-                    update = update.add(p, alpha=group["weight_decay"])
-                    w_norm, u_norm = torch.norm(p), torch.norm(update)
-                    trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
-                                        torch.ones_like(w_norm))
-                    if group["clip"]:
-                        trust = (trust / group["lr"]).clamp(max=1.0)
-                    update = update * trust
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(update)
-                p.add_(buf, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+                w_norm, u_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates))
+                trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm, 1.0)  # (P,)
+                if group["clip"]:
+                    trust = (trust / group["lr"]).clamp(max=1.0)
+                updates = torch._foreach_mul(updates, list(trust.unbind()))
+            bufs = [self.state[p]["momentum_buffer"] if "momentum_buffer" in self.state[p] else
+                    self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, updates)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
 def make_optimizer(model, args):
@@ -962,21 +977,36 @@ def seed_epoch(seed, epoch):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (losses are then computed in float32 by the method); none elsewhere."""
-    if device.type == "cuda":
+    """bf16 autocast on GPUs that compute it natively (compute capability 8.0+: A100, H100, RTX 30xx), losses
+    in float32; float32 elsewhere (V100, T4 only emulate bf16; fp16 would need a GradScaler in every step)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def channels_last(device):
-    """Whether convolutions run in channels_last memory layout: faster with cuDNN and with oneDNN on the
-    CPU (benchmarks/train.py measures it); MPS supports it only in part."""
-    return device.type in ("cuda", "cpu")
+NO_FLOAT64 = ("mps",)  # devices without float64 (Apple GPUs); tests add "cpu" to emulate one
+
+
+def precise_dtype(device):  # of log-dets, running covariances, spectra: float64, float32 where there is none
+    return torch.float32 if torch.device(device).type in NO_FLOAT64 else torch.float64
+
+
+def on_cpu_without_float64(fn, x):  # fn(x), an op MPS lacks (eigvalsh, svdvals): there on the CPU in float64
+    if x.device.type not in NO_FLOAT64:
+        return fn(x)
+    return fn(x.to("cpu", torch.float64)).to(x.device, precise_dtype(x.device))
+
+
+def channels_last(device, size):
+    """Whether convolutions run channels_last: faster with cuDNN, and with oneDNN on the CPU (15-27% at 16-64 px)
+    up to 128 px (tests/test_devices.py); its backward crashed at 192-224 px. MPS supports it only in part."""
+    return device.type == "cuda" or (device.type == "cpu" and size <= 128)
 
 
 def prepare_model(model, args, device):
     sync_batchnorm(model.to(device))
-    if channels_last(device):
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # the fastest kernels for the run's fixed shapes
+    if channels_last(device, args.image_size):
         model.to(memory_format=torch.channels_last)
     if args.compile:
         model.backbone.compile()  # in place: state_dict keys stay the same
@@ -1085,10 +1115,27 @@ def setup_device(args):
     args.world_size = WORLD_SIZE
     device = get_device(args.device)
     args.device = str(device if WORLD_SIZE == 1 or device.type != "cuda" else torch.device("cuda", LOCAL_RANK))
+    default_hook = sys.excepthook
+
+    def one_line(kind, e, tb):  # out of GPU memory, or a process of the job that failed: one line, not a trace
+        if issubclass(kind, torch.cuda.OutOfMemoryError):
+            print(f"error: the GPU ran out of memory; use a smaller --batch-size (now {args.batch_size}) or "
+                  f"--image-size (now {args.image_size}), or --train-subset (see the line on where the data lives)",
+                  file=sys.stderr)
+        elif WORLD_SIZE > 1 and issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(
+                kind, getattr(dist, "DistError", ()))):  # a process that failed closes its connections
+            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
+                  file=sys.stderr)
+        else:
+            default_hook(kind, e, tb)
+    sys.excepthook = one_line
     if WORLD_SIZE == 1:
         return device
     if device.type not in ("cuda", "cpu"):
         fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
+    if args.compile:
+        fail("--compile: not under torchrun (SyncBatchNorm and the batch gather break torch.compile's graphs); "
+             "drop --compile, or train in one process")
     if args.batch_size % WORLD_SIZE:
         fail(f"--batch-size {args.batch_size} is the global batch and must be a multiple of the "
              f"{WORLD_SIZE} processes (each takes an equal slice)")
@@ -1096,20 +1143,12 @@ def setup_device(args):
         device = torch.device("cuda", LOCAL_RANK)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # timeout: the others wait while the first process of a machine downloads or decodes the data (minutes)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
         # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
         # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
         # called without an active exception"; pytorch PR 179291), failing a run that had finished.
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    default_hook = sys.excepthook
-
-    def lost_peer(kind, e, tb):  # a process that failed closes its connections: the others say so in one line
-        if issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(kind, getattr(dist, "DistError", ()))):
-            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
-                  file=sys.stderr)
-        else:
-            default_hook(kind, e, tb)
-    sys.excepthook = lost_peer
     return device
 
 
@@ -1291,6 +1330,8 @@ def get_parser(method, doc, recipes):
     run.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
     run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
     run.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
+    run.add_argument("--save-every", type=nonnegative(int), default=0, help="write last.pt every N epochs, and at the "
+                     "end and --stop-after; 0: whenever writing it has taken at most 2%% of the training time so far")
     p.set_defaults(method=method)
     p.recipes = recipes
     return p
@@ -1316,7 +1357,7 @@ def parse_args(parser, argv=None):
     given = parser.given = given_flags(parser, argv, args)  # parser.given: for a method's own defaults
     flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
     if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        mine = {"resume", "stop_after", "device"} | ({"data_dir"} & given)  # data moved: load_data checks it
+        mine = {"resume", "stop_after", "device", "save_every"} | ({"data_dir"} & given)  # a resume may set these
         given -= mine
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
         try:
@@ -1491,7 +1532,7 @@ class Run:
         if WORLD_SIZE > 1:
             print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
                    f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
-        self.seconds, self.last_eval = 0.0, {}
+        self.seconds, self.last_eval, self.save_seconds = 0.0, {}, 0.0
         signal.signal(signal.SIGINT, self.interrupted)  # from here on, data loading included
 
     def on_disk(self):
@@ -1571,11 +1612,16 @@ class Run:
                         if k not in ("world_size", "global_batch")))
 
     def save(self, epoch, state):
-        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically."""
+        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically when --save-every says
+        (default: while writing has taken at most 2% of the training time), at the last epoch and --stop-after."""
+        every, end = self.args.save_every, epoch >= min(self.args.epochs, self.args.stop_after or self.args.epochs)
+        if not (end or (epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds)):
+            return
+        start = time.time()
         if RANK == 0:
             atomic_write(self.ckpt_path, {"epoch": epoch, "args": vars(self.args), "state": {
                 k: obj.state_dict() for k, obj in state.items()}}, on_disk=self.on_disk())
-        self.saved = epoch
+        self.saved, self.save_seconds = epoch, self.save_seconds + time.time() - start
 
     def stopped(self, epoch):
         release(self.dir)

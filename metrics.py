@@ -9,8 +9,11 @@ otherwise; each docstring gives the formula and where it comes from, citing the 
     AdaDim paper      "AdaDim: Dimensionality Adaptation for SSL Representational Dynamics"
     Geometry paper    "Toward a Geometrical Understanding of Self-supervised Contrastive Learning" (Cosentino
                       et al. 2022, arXiv 2205.06926)
-Wherever an identity allows it the work is done on d x d matrices instead of n x n ones, and in float64
-where log-determinants and eigenvalues need it. Scalar measures return Python floats.
+Wherever an identity allows it the work is done on d x d matrices instead of n x n ones, and in the precise
+dtype of the features' device (common.precise_dtype: float64) where log-determinants and eigenvalues need
+it. Scalar measures return Python floats. Deviation on MPS (no float64): a function given MPS tensors
+computes in float32 (spectra then floor near 1e-7 of their largest value); report() and track() move the
+features to the CPU there, so their values are those of a CPU.
 
 Also here: report() (every scalar measure in one dict), track() (the few measures each method logs
 every --track-every epochs) and a command line:
@@ -37,18 +40,26 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def zscore(x):
     """z-score every feature over the samples: mean 0, variance 1 (SSLPM paper section 3.2, appendix A).
     Population variance (divide by n), so that C = X^T X / n is the correlation matrix. A constant
-    feature (varying_features) becomes 0 instead of NaN. Returns float64."""
-    x = x.double() - x.double().mean(0)
+    feature (varying_features) becomes 0 instead of NaN. Returns the precise dtype (float64)."""
+    x = _precise(x) - _precise(x).mean(0)
     std = x.pow(2).mean(0).sqrt()
-    return torch.where(varying_features(x), x / std.clamp_min(1e-300), torch.zeros_like(x))
+    return torch.where(varying_features(x), x / std.clamp_min(_tiny(x)), torch.zeros_like(x))
+
+
+def _precise(x):  # x in its device's precise dtype: float64 (float32 where the device has none)
+    return x.to(common.precise_dtype(x.device))
+
+
+def _tiny(x):  # the smallest positive normal number of x's dtype: a floor for divisions and logs
+    return torch.finfo(x.dtype).tiny
 
 
 def varying_features(x):
     """(d,) bool: the features (columns) that vary over the samples, by more than float rounding: a
     spread of at most 1e-6 of the column's largest magnitude counts as constant (float32 keeps 7 digits)."""
-    x = x.double()
+    x = _precise(x)
     spread = (x - x.mean(0)).pow(2).mean(0).sqrt()
-    return spread > 1e-6 * x.abs().amax(0).clamp_min(1e-300) if len(x) else torch.zeros(x.shape[1], dtype=torch.bool)
+    return spread > 1e-6 * x.abs().amax(0).clamp_min(_tiny(x)) if len(x) else x.new_zeros(x.shape[1], dtype=torch.bool)
 
 
 def gram(x):
@@ -99,7 +110,7 @@ def _split(x, fraction, test_fraction, val_fraction, seed):
         raise ValueError(f"{n} samples, {len(varying)} of {d} features varying: a held-out redundancy needs "
                          "at least 5 samples and one feature that varies")
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g).to(x.device)  # drawn on the CPU: the same split on every device
     n_test = max(1, round(test_fraction * n))
     test, train = perm[:n_test], perm[n_test:]
     n_val = max(1, round(val_fraction * len(train)))
@@ -221,8 +232,8 @@ def nonlinear_redundancy(x, fraction=0.2, hidden=(128, 64), steps=1000, batch_si
     with torch.no_grad():
         w1[own] = 0
         sq = sum((predict(c) - c[:, cols].T).pow(2).sum(1) for c in x_test.split(4096))  # (k,)
-    per_feature = torch.full((d,), float("nan"), dtype=torch.float64)
-    per_feature[targets] = 1 - sq.double().cpu() / x_test[:, cols].double().pow(2).sum(0).cpu()  # _heldout_note
+    per_feature = torch.full((d,), float("nan"), dtype=common.precise_dtype(device), device=device)
+    per_feature[targets] = 1 - _precise(sq) / _precise(x_test[:, cols]).pow(2).sum(0)  # _heldout_note
     return _mean_over_targets(per_feature, targets), per_feature
 
 
@@ -233,7 +244,7 @@ def singular_values(x, center=False):
     the Geometry paper's Figure 4), or of the centred features (center=True; their squares / (n - 1) are
     the covariance eigenvalues). By an SVD in float64: accurate far below 1e-8 of the largest value, so
     the tail of a log spectrum is real, not rounding."""
-    x = x.double()
+    x = _precise(x)
     if center:
         x = x - x.mean(0)
     return torch.linalg.svdvals(x)
@@ -244,7 +255,7 @@ def _float(x):  # float64 stays float64 (exact tests); anything else is computed
 
 
 def _entropy(p):  # Shannon entropy (nats) of a probability vector, 0 log 0 = 0
-    return -(p * p.clamp_min(1e-300).log()).sum().item()
+    return -(p * p.clamp_min(_tiny(p)).log()).sum().item()
 
 
 def effective_rank(x):
@@ -253,10 +264,12 @@ def effective_rank(x):
     A.6, get_rank(Z) in its pseudocode) and RankMe without its eps. Between 1 and min(n, d); k for k equal
     non-zero singular values; 1 for a rank-1 matrix, so a total collapse (every row the same) reads 1.
     The zero matrix has no non-zero singular value: it reads 0, as its rank (the entropy is undefined)."""
-    s = singular_values(x)
-    if s.sum() == 0:
-        return 0.0
-    return math.exp(_entropy(s / s.sum()))
+    return _spectral_rank(x)
+
+
+def _spectral_rank(x, center=False, eps=0.0):  # exp(entropy of s / |s|_1 + eps), s the singular values; 0 if s = 0
+    s = singular_values(x, center)
+    return 0.0 if s.sum() == 0 else math.exp(_entropy(s / s.sum() + eps))
 
 
 def effective_rank_centered(x):
@@ -264,21 +277,14 @@ def effective_rank_centered(x):
     scales: how many directions the samples spread along around their mean. Not the AdaDim paper's H(R)
     (effective_rank, uncentred): it ignores the mean, so a collapse to one point plus a little noise reads
     as high as the noise's spread. 0 when every row is the same."""
-    s = singular_values(x, center=True)
-    if s.sum() == 0:
-        return 0.0
-    return math.exp(_entropy(s / s.sum()))
+    return _spectral_rank(x, center=True)
 
 
 def rankme(x, eps=1e-7):
     """RankMe (Garrido et al. 2023): exp(-sum_k p_k log p_k), p_k = s_k / |s|_1 + eps, s the singular values
     of the embedding matrix as it is (not centred, as in that paper). Equal to effective_rank up to the
     eps (at most a few thousandths); 0 for the zero matrix."""
-    s = singular_values(x)
-    if s.sum() == 0:
-        return 0.0
-    p = s / s.sum() + eps
-    return math.exp(-(p * p.log()).sum().item())
+    return _spectral_rank(x, eps=eps)
 
 
 def numerical_rank(matrix, tau=1e-2):
@@ -330,7 +336,7 @@ def von_neumann_entropy(a):
     it to R^T R / tr of the L2-normalised rows, whose non-zero eigenvalues are those of the AdaDim
     paper's normalised Gram R R^T / n: this is the order-1 Renyi entropy of that matrix. Raises
     ValueError for a zero matrix."""
-    lam = torch.linalg.eigvalsh(a.double()).clamp_min(0)
+    lam = torch.linalg.eigvalsh(_precise(a)).clamp_min(0)
     if lam.sum() == 0:
         raise ValueError("a zero matrix has no spectrum to take the entropy of")
     return _entropy(lam / lam.sum())
@@ -340,7 +346,7 @@ def matrix_entropy(a):
     """Matrix entropy of a PSD matrix A (AdaDim paper A.6, after its ref. 58): ME(A) = -tr(A log A) + tr(A)
     = sum_i (-lam_i log lam_i + lam_i). Not normalised: the trace term grows with more and larger
     eigenvalues. 0 for a zero matrix. report() applies it to the covariance of the L2-normalised rows."""
-    lam = torch.linalg.eigvalsh(a.double()).clamp_min(0)
+    lam = torch.linalg.eigvalsh(_precise(a)).clamp_min(0)
     return _entropy(lam) + lam.sum().item()
 
 
@@ -350,10 +356,11 @@ def renyi_entropy(gram, alpha=2):
     K = gram / tr(gram), H_alpha = log(tr(K^alpha)) / (1 - alpha) = log(sum_i lam_i^alpha) / (1 - alpha);
     alpha = 2: -log |K|_F^2 (no eigenvalues needed); alpha = 1: the von Neumann limit.
     log n for n orthogonal equal-norm rows, 0 for rank one. Raises ValueError for a zero matrix."""
-    trace = gram.double().diagonal().sum()
+    gram = _precise(gram)
+    trace = gram.diagonal().sum()
     if trace <= 0:
         raise ValueError("a zero Gram matrix (every row zero) has no entropy")
-    k = gram.double() / trace
+    k = gram / trace
     if alpha == 2:
         return -math.log(k.pow(2).sum().item())
     lam = torch.linalg.eigvalsh(k).clamp_min(0)
@@ -366,7 +373,7 @@ def renyi2_entropy(x):
     """Order-2 Renyi entropy of the Gram matrix of the rows of x (n, d) without forming it:
     K = X X^T / tr(X X^T), H_2 = -log tr(K^2) and tr((X X^T)^2) = |X^T X|_F^2, a d x d product.
     Raises ValueError when every row is zero."""
-    x = x.double()
+    x = _precise(x)
     if not x.any():
         raise ValueError("every row is zero: the Gram matrix has no entropy")
     return -math.log((x.T @ x).pow(2).sum().item() / x.pow(2).sum().item() ** 2)
@@ -385,7 +392,7 @@ def renyi_mutual_information(r, z, alpha=2, chunk=1024):
     Other orders use the explicit n x n matrices and their eigenvalues (O(n^3)). Natural log (nats).
     A zero row stays zero (it has no direction); raises ValueError if every row of R or of Z is zero, or
     if no sample has both a non-zero R and a non-zero Z row."""
-    r, z = F.normalize(r.double(), dim=1), F.normalize(z.double(), dim=1)
+    r, z = F.normalize(_precise(r), dim=1), F.normalize(_precise(z), dim=1)
     if not (r.any() and z.any() and (r.pow(2).sum(1) * z.pow(2).sum(1)).sum() > 0):
         raise ValueError("every row of R or of Z (or of their product) is zero: no mutual information to measure")
     if alpha != 2:
@@ -394,7 +401,7 @@ def renyi_mutual_information(r, z, alpha=2, chunk=1024):
     trace = (r.pow(2).sum(1) * z.pow(2).sum(1)).sum().item()     # tr(A o B) (= n with unit rows)
     rf, zf, sq = r.float(), z.float(), 0.0
     for i in range(0, len(r), chunk):                            # blocks of the two n x n Gram matrices
-        sq += ((rf[i:i + chunk] @ rf.T) * (zf[i:i + chunk] @ zf.T)).double().pow(2).sum().item()
+        sq += _precise((rf[i:i + chunk] @ rf.T) * (zf[i:i + chunk] @ zf.T)).pow(2).sum().item()
     return renyi2_entropy(r) + renyi2_entropy(z) + math.log(sq / trace ** 2)
 
 
@@ -410,7 +417,7 @@ def _logdet(m, what):
 def _covariance(x):
     if len(x) < 2:
         raise ValueError(f"{len(x)} sample: a covariance needs at least 2")
-    return torch.cov(x.double().T).reshape(x.shape[1], x.shape[1])
+    return torch.cov(_precise(x).T).reshape(x.shape[1], x.shape[1])
 
 
 def logdet_entropy(x, eps=1e-4):
@@ -420,7 +427,8 @@ def logdet_entropy(x, eps=1e-4):
     pairwise-distance estimator as a collapse indicator: a total collapse reads d/2 log(2 pi e eps), very
     negative, not 0. Raises ValueError for fewer than 2 samples, or a singular R_x with eps = 0."""
     d = x.shape[1]
-    cov = _covariance(x) + eps * torch.eye(d, dtype=torch.float64, device=x.device)
+    cov = _covariance(x)
+    cov = cov + eps * torch.eye(d, dtype=cov.dtype, device=cov.device)
     return 0.5 * _logdet(cov, "the covariance") + d / 2 * math.log(2 * math.pi * math.e)
 
 
@@ -481,14 +489,14 @@ def pairwise_distance_entropy(x, sigma=0.5, bound="kl", chunk=1024):
     norms, total = x.pow(2).sum(1), 0.0
     for i in range(0, n, chunk):
         sq = (norms[i:i + chunk, None] + norms[None] - 2 * x[i:i + chunk] @ x.T).clamp_min(0)  # (c, n)
-        total += (torch.logsumexp(-sq / scale, dim=1).double() - math.log(n)).sum().item()
+        total += (_precise(torch.logsumexp(-sq / scale, dim=1)) - math.log(n)).sum().item()
     return d / 2 * math.log(2 * math.pi * math.e * sigma ** 2) - total / n
 
 
 # ------------------------------------------------------------------------- geometry (AdaDim, Geometry papers)
 def alignment(x, y, alpha=2):
     """Alignment (Wang & Isola 2020): mean_i |x_i - y_i|^alpha of L2-normalised positive pairs (rows)."""
-    return (F.normalize(x.double(), dim=1) - F.normalize(y.double(), dim=1)).norm(dim=1).pow(alpha).mean().item()
+    return (F.normalize(_precise(x), dim=1) - F.normalize(_precise(y), dim=1)).norm(dim=1).pow(alpha).mean().item()
 
 
 def uniformity(x, t=2, chunk=1024):
@@ -507,7 +515,7 @@ def uniformity(x, t=2, chunk=1024):
         sq = (norms[i:i + chunk, None] + norms[None] - 2 * x[i:i + chunk] @ x.T).clamp_min(0)  # (c, n)
         rows = torch.arange(i, min(i + chunk, n), device=x.device)
         sq[rows - i, rows] = float("inf")                         # drop i = j; mean over i != j = mean over i < j
-        blocks.append(torch.logsumexp(-t * sq.flatten(), 0).double())
+        blocks.append(_precise(torch.logsumexp(-t * sq.flatten(), 0)))
     return (torch.logsumexp(torch.stack(blocks), 0) - math.log(n * (n - 1))).item()
 
 
@@ -537,7 +545,7 @@ def infonce_terms(f1, f2, beta=2.0):
     Raises ValueError for fewer than 2 images (no negative)."""
     if len(f1) < 2:
         raise ValueError(f"{len(f1)} image: InfoNCE needs negatives")
-    sims, positive = _negative_similarities(f1.double(), f2.double())
+    sims, positive = _negative_similarities(_precise(f1), _precise(f2))
     logits = beta * sims                                          # (N, 2N), -inf at the two views of i
     log_z = torch.logsumexp(logits, 1)                            # (N,)
     p = torch.softmax(logits, 1)                                  # D_-i
@@ -564,13 +572,13 @@ def nearest_negatives(h1, h2, f1=None, f2=None, chunk=1024):
     f1, f2 = h1 if f1 is None else f1, h2 if f2 is None else f2
     nearest = torch.cat([_negative_similarities(f1, f2, i, i + chunk)[0].argmax(1) for i in range(0, len(h1), chunk)])
     h_star = torch.cat([h1, h2])[nearest]
-    return nearest, (F.normalize(h1.double(), dim=1) - F.normalize(h_star.double(), dim=1)).norm(dim=1)
+    return nearest, (F.normalize(_precise(h1), dim=1) - F.normalize(_precise(h_star), dim=1)).norm(dim=1)
 
 
 def label_sharing(labels, nearest):
     """The Geometry paper Figure 6: the fraction of images i whose nearest negative h~_i* (index into the 2N
     views, nearest_negatives) shows an image of the same label as image i (that of h_i^(2))."""
-    return (labels[nearest % len(labels)] == labels).double().mean().item()
+    return (labels[nearest % len(labels)] == labels).float().mean().item()
 
 
 def unexplained_variance(w, delta_h):
@@ -579,9 +587,9 @@ def unexplained_variance(w, delta_h):
     explain, Geometry paper eq. 10: sum_i min_t |delta_h_i - W t|^2 / sum_i |delta_h_i|^2. 0 when every
     delta_h_i lies in the column space, 1 when all are orthogonal to it. Raises ValueError when every
     displacement is zero (0 / 0)."""
-    u, s, _ = torch.linalg.svd(w.double(), full_matrices=False)
+    u, s, _ = torch.linalg.svd(_precise(w), full_matrices=False)
     q = u[:, s > s.max() * max(w.shape) * 1e-12]                 # orthonormal basis of the column space
-    dh = delta_h.double()
+    dh = _precise(delta_h)
     if not dh.any():
         raise ValueError("every displacement h2 - h* is zero: no variance to explain")
     return ((dh - dh @ q @ q.T).pow(2).sum() / dh.pow(2).sum()).item()
@@ -589,16 +597,22 @@ def unexplained_variance(w, delta_h):
 
 # ---------------------------------------------------------------------------------- report, tracking
 class Measures(dict):
-    """A dict of measures that never crashes on degenerate features: put(key, fn, ...) stores fn's value,
-    or None when fn raises ValueError (an undefined value: constant features, a single sample, ...), with
-    the reason kept under "undefined" so that every JSON file says why a value is null."""
+    """A dict of measures that never crashes: put(key, fn, ...) stores fn's value, or None when fn raises, with
+    the reason kept under "undefined" so that every JSON file says why a value is null: a ValueError is an
+    undefined value (constant features, a single sample, ...); any other error is recorded in one line
+    (its kind and message) and the other measures go on. attempt() is put without storing a value."""
     def put(self, key, fn, *args, **kwargs):
-        try:
-            self[key] = fn(*args, **kwargs)
-        except ValueError as e:
-            self[key] = None
-            self.setdefault("undefined", {})[key] = str(e)
+        self[key] = self.attempt(key, fn, *args, **kwargs)
         return self[key]
+
+    def attempt(self, key, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self[key] = None
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            self.setdefault("undefined", {})[key] = why if isinstance(e, ValueError) else \
+                f"failed ({e.__class__.__name__}: {why})"
 
 
 def report(backbone_features, projector_features, labels=None, views=None, projector_weight=None,
@@ -613,9 +627,11 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
     scale; redundancy and Gaussian/LD mutual information use standardised features. NLR (of R only)
     uses at most nlr_samples samples and nlr_steps steps, the pairwise entropy at most pairwise_samples."""
     out = Measures(n_samples=len(backbone_features))
-    feats = {"R": backbone_features.detach(), "Z": projector_features.detach()}
+    feats = {"R": measurable(backbone_features), "Z": measurable(projector_features)}
+    labels, projector_weight = (None if t is None else t.detach().to(feats["R"].device)
+                                for t in (labels, projector_weight))
     for name, x in tqdm(feats.items(), desc="measures", leave=False, disable=None if progress else True):
-        u = F.normalize(x.double(), dim=1)
+        u = F.normalize(_precise(x), dim=1)
         out[f"dim_{name}"] = x.shape[1]
         out.put(f"effective_rank_{name}", effective_rank, x)
         out.put(f"effective_rank_centered_{name}", effective_rank_centered, x)
@@ -641,27 +657,27 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
     out.put("gaussian_mi_RZ", gaussian_mutual_information, r, z, eps=1e-3)
     out.put("ldmi_RZ", ld_mutual_information, r, z, eps=1e-3)
     # one view: the nearest OTHER image in projector space (the single-view case of the Geometry paper Fig. 5-6)
-    nearest = out.put("nearest_distance", lambda: nearest_negatives(feats["R"], feats["R"], feats["Z"], feats["Z"]))
+    nearest = out.attempt("nearest_distance", nearest_negatives, feats["R"], feats["R"], feats["Z"], feats["Z"])
     if nearest is not None:
         nearest, distance = nearest
         out["nearest_distance"] = distance.mean().item()
         if labels is not None:
-            out["nearest_label_sharing"] = label_sharing(labels.to(nearest.device), nearest)
+            out.put("nearest_label_sharing", label_sharing, labels, nearest)
     if projector_weight is not None:
-        out["projector_rank"] = numerical_rank(projector_weight)
+        out.put("projector_rank", numerical_rank, projector_weight)
     if views is not None:
-        h1, h2, f1, f2 = (v.detach() for v in views)
-        out["alignment_Z"] = alignment(f1, f2)
-        terms = out.put("infonce", infonce_terms, f1, f2, beta)
+        h1, h2, f1, f2 = (measurable(v) for v in views)
+        out.put("alignment_Z", alignment, f1, f2)
+        terms = out.attempt("infonce", infonce_terms, f1, f2, beta)
         if terms is not None:
             out.update(terms)
         out.put("ldmi_Z1Z2", ld_mutual_information, zscore(f1), zscore(f2), eps=1e-3)  # thesis 5.4
-        pairs = out.put("nearest_negative_distance", nearest_negatives, h1, h2, f1, f2)
+        pairs = out.attempt("nearest_negative_distance", nearest_negatives, h1, h2, f1, f2)
         if pairs is not None:
             nearest, distance = pairs
             out["nearest_negative_distance"] = distance.mean().item()
             if labels is not None:
-                out["label_sharing"] = label_sharing(labels[:len(h1)].to(nearest.device), nearest)
+                out.put("label_sharing", label_sharing, labels[:len(h1)], nearest)
             if projector_weight is not None:
                 out.put("unexplained_variance", unexplained_variance, projector_weight.T,
                         h2 - torch.cat([h1, h2])[nearest])
@@ -678,22 +694,25 @@ def linear_weight(projector):
     return linears[0].weight.detach() if len(linears) == 1 and simple else None
 
 
+def measurable(x):
+    """Detached features (or labels, a weight) where measures can run: on their device, or on the CPU where
+    the device has no float64 (MPS), so that every measure computes as on a CPU; None stays None."""
+    if x is None:
+        return None
+    return x.detach().to("cpu" if x.device.type in common.NO_FLOAT64 else x.device)
+
+
 @torch.no_grad()
-def extract(backbone, projector, images, data, device, augment=None, batch_size=512):
-    """Backbone features R and projector features Z (float32) of uint8 images (n, 3, H, W), in eval
-    mode, as common.extract_features; with augment (a common.Augment): of its two views,
-    returned as (h1, h2, f1, f2)."""
-    modes = backbone.training, projector.training
-    backbone.eval(), projector.eval()
-    outs = []
-    for chunk in images.split(batch_size):
-        chunk = chunk.to(device)
-        inputs = augment(chunk) if augment is not None else (data.normalize(chunk),)
-        with common.autocast(device):
-            hs = [backbone(x).float() for x in inputs]
-        outs.append(hs + [projector(h).float() for h in hs])      # projector in float32
-    backbone.train(modes[0]), projector.train(modes[1])
-    return tuple(torch.cat(parts) for parts in zip(*outs))
+def extract(backbone, projector, images, data, device, augment=None):
+    """Backbone features R and projector features Z, float32 (never autocast: see common.extract_features),
+    of uint8 images (n, 3, H, W) in eval mode; with augment (a common.Augment): of its two views, returned
+    as (h1, h2, f1, f2)."""
+    hs = common.extract_features(backbone, images, data, device, views=augment)
+    hs, training = (hs if augment is not None else (hs,)), projector.training
+    projector.eval()
+    zs = [torch.cat([projector(c) for c in h.split(512)]) for h in hs]   # (n, D) float32 each
+    projector.train(training)
+    return (*hs, *zs)
 
 
 def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
@@ -710,8 +729,8 @@ def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
     - for a linear projector, projector_rank, Rank_tau of its weight (Geometry paper Figure 1), and
       projector_effective_rank, the effective rank of the weight (its continuous counterpart).
     Cost: see benchmarks/metrics.py (about a second on a CPU for 1,000 images at width 8)."""
-    r, z = extract(backbone, projector, images, data, device)
-    u = F.normalize(z.double(), dim=1)
+    r, z = (measurable(f) for f in extract(backbone, projector, images, data, device))
+    u = F.normalize(_precise(z), dim=1)
     out = Measures()
     for name, x in (("R", r), ("Z", z)):
         out.put(f"effective_rank_{name}", effective_rank, x)
@@ -723,20 +742,20 @@ def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
     out["std_Z"] = u.std(0).mean().item()
     out.put("uniformity_Z", uniformity, u)
     out.put("spectrum_Z", lambda z: covariance_eigenvalues(z).tolist(), z)
-    w = linear_weight(projector)
+    w = measurable(linear_weight(projector))
     if w is not None:
-        out["projector_rank"] = numerical_rank(w, tau)
-        out["projector_effective_rank"] = effective_rank(w)
+        out.put("projector_rank", numerical_rank, w, tau)
+        out.put("projector_effective_rank", effective_rank, w)
     if policy is not None:
         augment = common.Augment(policy, data, images.shape[-1], shard=False)
-        h1, h2, f1, f2 = extract(backbone, projector, images, data, device, augment=augment)
-        terms = out.put("infonce", infonce_terms, f1, f2)
+        h1, h2, f1, f2 = (measurable(f) for f in extract(backbone, projector, images, data, device, augment=augment))
+        terms = out.attempt("infonce", infonce_terms, f1, f2)
         if terms is not None:
             out["infonce"], out["infonce_upper"] = terms["infonce"], terms["upper"]
-        out["alignment_Z"] = alignment(f1, f2)
+        out.put("alignment_Z", alignment, f1, f2)
         if w is not None:
-            nearest, _ = nearest_negatives(h1, h2, f1, f2)
-            out.put("unexplained_variance", unexplained_variance, w.T, h2 - torch.cat([h1, h2])[nearest])
+            out.put("unexplained_variance", lambda: unexplained_variance(
+                w.T, h2 - torch.cat([h1, h2])[nearest_negatives(h1, h2, f1, f2)[0]]))
     return out
 
 
@@ -822,7 +841,7 @@ def measure_run(path, device, max_samples, nlr_steps=500, seed=0, data_dir=None)
     w = linear_weight(model.projector)
     beta = 1 / args.temperature if getattr(args, "temperature", None) else 2.0  # the Geometry paper uses beta = 2
     results = {"method": args.method, "dataset": args.dataset, "epoch": ckpt["epoch"], "beta": beta}
-    results.update(report(r, z, labels.to(r.device), views=views, projector_weight=w, beta=beta,
+    results.update(report(r, z, labels, views=views, projector_weight=w, beta=beta,
                           nlr_steps=nlr_steps, progress=True))
     return results
 

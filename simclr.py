@@ -93,7 +93,7 @@ def nt_xent_loss(z1, z2, temperature=0.2):
     logits = z @ z.T / temperature                                              # (2N, 2N) cosine / tau
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))                       # an anchor is not its own negative
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,)
+    partner = torch.arange(n, 3 * n, device=z.device) % (2 * n)                 # (2N,) n..2N-1, 0..n-1
     return F.cross_entropy(logits, partner), {}                                 # log-sum-exp, mean over 2N
 
 
@@ -151,7 +151,7 @@ def main(argv=None):
             probe_loss = probe.step(h1, labels)
             meter.add(loss=loss, **terms, probe_loss=probe_loss)
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+                bar.set_postfix(img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,

@@ -180,22 +180,24 @@ def ridge_weights(x, y, ridge):
     return torch.cholesky_solve(x.T @ y, chol)                                  # (D, D)
 
 
-def ridge_predictability_loss(e, mask, ridge, target="full"):
+def ridge_predictability_loss(e, mask, ridge, target="full", precise=torch.float64):
     """L_pred of SSLPM-RR: the mean squared error of the ridge prediction over the hidden entries only.
-    e: (2N, D) standardised embeddings; mask: (2N, D) bool, True = hidden. Gradient flows through W."""
-    dtype, e = e.dtype, e.to(torch.float32 if e.device.type == "mps" else torch.float64)  # MPS: no float64
+    e: (2N, D) standardised embeddings; mask: (2N, D) bool, True = hidden. Gradient flows through W.
+    Solved in `precise` (float64; the caller passes float32 on MPS, which has no float64)."""
+    dtype, e = e.dtype, e.to(precise)
     x = e.masked_fill(mask, 0.0)                                                # (2N, D) X = (1 - M) * e
     y = e if target == "full" else e.masked_fill(~mask, 0.0)                    # eq. 15 or eq. 17 target
     w = ridge_weights(x, y, ridge)                                              # (D, D)
-    return ((x @ w - e) ** 2)[mask].mean().to(dtype)                            # 1/|M| sum M (XW - e)^2
+    return (((x @ w - e) ** 2 * mask).sum() / mask.sum()).to(dtype)            # 1/|M| sum M (XW - e)^2
 
 
-def sslpm_loss(z1, z2, mask, lambd=0.15, ridge=0.0, target="full"):
+def sslpm_loss(z1, z2, mask, lambd=0.15, ridge=0.0, target="full", precise=torch.float64):
     """SSLPM-RR: (loss, terms) with loss = invariance - lambd * D * prediction and the unweighted terms
-    {"invariance", "prediction"}. z1, z2: (N, D) projections of the two views; mask: (2N, D) bool."""
+    {"invariance", "prediction"}. z1, z2: (N, D) projections of the two views; mask: (2N, D) bool;
+    precise: the dtype of the ridge solve (float64; the caller passes float32 on MPS)."""
     e = torch.cat([standardize(z1.float()), standardize(z2.float())])            # (2N, D)
     invariance = invariance_loss(z1, z2)
-    prediction = ridge_predictability_loss(e, mask, ridge, target)
+    prediction = ridge_predictability_loss(e, mask, ridge, target, precise)
     return invariance - lambd * e.shape[1] * prediction, dict(invariance=invariance, prediction=prediction)
 
 
@@ -224,7 +226,7 @@ class MLPPredictor:
     def error(self, e, mask):
         """Masked MSE of R_theta([(1 - M) * e, M]) against e, over hidden entries (eq. 9 / |M|)."""
         prediction = self.net(torch.cat([e.masked_fill(mask, 0.0), mask.float()], 1))  # (2N, D)
-        return ((prediction - e) ** 2)[mask].mean()
+        return ((prediction - e) ** 2 * mask).sum() / mask.sum()  # a product, not mask indexing: no host sync
 
     def fit(self, e, val_mask):
         """Inner loop on e.detach(): a fresh mask per step, early stop on val_mask. Returns the steps."""
@@ -315,7 +317,8 @@ def main(argv=None):
             mask = random_mask(2 * len(z1), z1.shape[1], args.mask_fraction, device)  # (2N, D)
             if args.predictor == "ridge":
                 try:
-                    loss, terms = sslpm_loss(z1, z2, mask, args.lambd, args.ridge, args.target)
+                    loss, terms = sslpm_loss(z1, z2, mask, args.lambd, args.ridge, args.target,
+                                             common.precise_dtype(device))
                 except ValueError as e:
                     common.fail(f"--ridge {args.ridge}: {e}")
             else:  # mask is the validation mask M_V of section 3.4.1
@@ -326,7 +329,7 @@ def main(argv=None):
             probe_loss = probe.step(h1, labels)
             meter.add(loss=loss, **terms, probe_loss=probe_loss)
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+                bar.set_postfix(img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,

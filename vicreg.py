@@ -94,7 +94,7 @@ def get_args(argv=None):
 def off_diagonal(m):
     """The D * (D - 1) off-diagonal entries of a square (D, D) matrix, flattened."""
     d = m.shape[0]
-    return m.masked_select(~torch.eye(d, dtype=torch.bool, device=m.device))
+    return m.flatten()[1:].view(d - 1, d + 1)[:, :-1].flatten()                # no mask: no host sync
 
 
 def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
@@ -174,7 +174,7 @@ def main(argv=None):
             probe_loss = probe.step(h1, labels)
             meter.add(loss=loss, **terms, embedding_std=embedding_std(z1, z2), probe_loss=probe_loss)
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
+                bar.set_postfix(img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, **meter.means(), "lr": lr, "seconds": seconds,

@@ -73,7 +73,7 @@ class Timed:
 
             def __call__(self, x):
                 if self.views is None:  # as common.Augment gives them: normalised float, channels_last there
-                    layout = torch.channels_last if common.channels_last(x.device) else torch.contiguous_format
+                    layout = torch.channels_last if common.channels_last(x.device, x.shape[-1]) else torch.contiguous_format
                     self.views = tuple(torch.randn(x.shape, device=x.device).contiguous(memory_format=layout)
                                        for _ in range(2))
                 return self.views

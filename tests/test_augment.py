@@ -100,7 +100,7 @@ def test_flip_matches_torchvision():
     torch.manual_seed(0)
     x = float_images()
     spec = fixed_spec(flip_p=1.0)
-    out = common.apply_params(x.clone(), common.sample_params(spec, len(x), 32, 32, "cpu"), 32, spec)
+    out = common.apply_params(x.clone(), common.sample_params(spec, len(x), 32, 32), 32, spec)
     for i in range(len(x)):
         assert torch.equal(out[i], TF.horizontal_flip(x[i]))
 
@@ -167,7 +167,7 @@ def test_solarize_matches_torchvision():
     x_u8 = special_images()
     x = x_u8.float() / 255
     spec = fixed_spec(solarize_p=1.0)
-    out = common.apply_params(x.clone(), common.sample_params(spec, len(x), 32, 32, "cpu"), 32, spec)
+    out = common.apply_params(x.clone(), common.sample_params(spec, len(x), 32, 32), 32, spec)
     for i in range(len(x)):
         assert torch.equal(out[i], TF.solarize(x[i], THRESHOLD))
         assert close(out[i], TF.solarize(x_u8[i], 128).float() / 255, atol=1e-6)
@@ -225,7 +225,7 @@ def test_pipeline_matches_torchvision(name, image, size):
     torch.manual_seed(0)
     x_u8 = torch.cat([torch.randint(0, 256, (6, 3, image, image), dtype=torch.uint8), special_images(image)])
     x = x_u8.float() / 255
-    p = common.sample_params(spec, len(x), image, image, "cpu")
+    p = common.sample_params(spec, len(x), image, image)
     out = common.apply_params(x.clone(), p, size, spec)
     assert out.shape == (len(x), 3, size, size)
     for i in range(len(x)):
@@ -257,7 +257,7 @@ def test_crop_boxes(scale, shape):
     H, W = shape
     n = 20000
     spec = common.view(crop_scale=scale)
-    p = common.sample_params(spec, n, H, W, "cpu")
+    p = common.sample_params(spec, n, H, W)
     top, left, h, w = p["top"], p["left"], p["height"], p["width"]
     for t in (top, left, h, w):
         assert t.dtype == torch.int64 and t.shape == (n,)
@@ -289,7 +289,7 @@ def test_crop_distribution_matches_torchvision(scale, shape):
     # log aspect ratio agree within 5 standard errors of the difference.
     torch.manual_seed(0)
     H, W = shape
-    p = common.sample_params(common.view(crop_scale=scale), 20000, H, W, "cpu")
+    p = common.sample_params(common.view(crop_scale=scale), 20000, H, W)
     ours = [(p["height"] * p["width"]).double() / (H * W), (p["width"] / p["height"]).double().log()]
     boxes = [T.RandomResizedCrop.get_params(torch.empty(3, H, W), list(scale), [3 / 4, 4 / 3]) for _ in range(3000)]
     hs, ws = (torch.tensor(c, dtype=torch.float64) for c in list(zip(*boxes))[2:])
@@ -305,7 +305,7 @@ def test_crop_fallback_matches_torchvision():
     torch.manual_seed(0)
     for H, W in [(8, 64), (64, 8)]:
         spec = common.view(crop_scale=(0.9, 1.0))
-        p = common.sample_params(spec, 100, H, W, "cpu")
+        p = common.sample_params(spec, 100, H, W)
         i, j, h, w = T.RandomResizedCrop.get_params(torch.empty(3, H, W), [0.9, 1.0], [3 / 4, 4 / 3])
         for key, value in dict(top=i, left=j, height=h, width=w).items():
             assert (p[key] == value).all(), (H, W, key)
@@ -323,7 +323,7 @@ def test_param_rates_and_ranges(name, v):
     spec = common.POLICIES[name][v]
     torch.manual_seed(0)
     n = 20000
-    p = common.sample_params(spec, n, 32, 32, "cpu")
+    p = common.sample_params(spec, n, 32, 32)
     probs = dict(flip=spec["flip_p"], jitter=spec["jitter_p"], gray=spec["gray_p"], blur=spec["blur_p"],
                  solarize=spec["solarize_p"])
     for key, prob in probs.items():
@@ -373,7 +373,7 @@ def test_views_of_identical_images_all_differ(policy):
 def test_params_differ_between_samples():
     # Two samples of one call get different continuous draws (jitter factors, sigma, offsets).
     torch.manual_seed(0)
-    p = common.sample_params(ALL_ON, 2, 32, 32, "cpu")
+    p = common.sample_params(ALL_ON, 2, 32, 32)
     assert (p["factors"][0] != p["factors"][1]).all()
     assert p["sigma"][0] != p["sigma"][1]
     assert (p["height"][0], p["width"][0], p["top"][0], p["left"][0]) != \
@@ -403,7 +403,7 @@ def test_augment_output(policy, size, device):
         assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
         assert raw.min() < 0.05 and raw.max() > 0.95  # it is [0, 1] data, not already normalised
     for spec in common.POLICIES[policy]:
-        p = common.sample_params(spec, len(x), 32, 32, device)
+        p = common.sample_params(spec, len(x), 32, 32)
         out = common.apply_params(x.float() / 255, p, size, spec)
         assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
 
@@ -431,7 +431,7 @@ def test_apply_params_leaves_its_input_unchanged():
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
     before = x.clone()
-    out = common.apply_params(x, common.sample_params(spec, len(x), 32, 32, "cpu"), 32, spec)
+    out = common.apply_params(x, common.sample_params(spec, len(x), 32, 32), 32, spec)
     assert torch.equal(x, before) and not torch.equal(out, before)
 
 

@@ -1,0 +1,287 @@
+"""What differs off the CPU, emulated on it: a second device (tensors tagged as living there: no op may mix
+them with host tensors, and every host synchronisation of a training step is counted), a device without
+float64 (MPS), and LARS's foreach form against the loop it replaced."""
+import collections
+import contextlib
+import copy
+import os
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+import common
+import metrics
+from conftest import ROOT, TINY
+
+FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "eye", "rand", "randn", "randint",
+             "randperm", "linspace"}
+SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "masked_select", "cpu", "numpy"}
+
+
+class SecondDevice(TorchFunctionMode):
+    """Every tensor is on 'the device' except those made on the host while the mode is on: by a factory
+    without device=, by .cpu(), or from host tensors only. Counts host synchronisations (SYNCS and
+    boolean-mask indexing of device tensors), blocking host-to-device copies, and ops that mix a host
+    tensor (not a 0-d one) with device tensors, which a GPU refuses (indexing a device tensor with host
+    indices aside)."""
+    def __init__(self):
+        super().__init__()
+        self.syncs, self.mixed, self.copies = collections.Counter(), collections.Counter(), collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        host = [t for t in tensors if getattr(t, "_host", False)]
+        device = [t for t in tensors if not getattr(t, "_host", False)]
+        moves = name == "to" and any(isinstance(a, (torch.device, str)) for a in (*args[1:], kwargs.get("device")))
+        if device:
+            if name in SYNCS or (name == "__getitem__" and any(t.dtype == torch.bool for t in tensors[1:])):
+                self.syncs[name] += 1
+            if any(t.ndim > 0 for t in host) and not (name in ("__getitem__", "__setitem__") and device[0] is args[0]):
+                self.mixed[name] += 1
+        elif host and moves and not kwargs.get("non_blocking"):
+            self.copies[name] += 1
+        out = func(*args, **kwargs)
+        on_host = ((name in FACTORIES and kwargs.get("device") is None) or name in ("cpu", "numpy")
+                   or (tensors and not device and not moves))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and (on_host or moves):
+                t._host = on_host  # .to(device) of a tensor already there returns it: now on the device
+        return out
+
+
+class NoFloat64(TorchFunctionMode):
+    """Records every float64 tensor made, except inside common.on_cpu_without_float64 (the CPU's part)."""
+    def __init__(self):
+        super().__init__()
+        self.made, self.paused = collections.Counter(), False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        made = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.dtype == torch.float64]
+        if made and not self.paused:
+            self.made[getattr(func, "__name__", str(func))] += 1
+        return out
+
+
+def one_step(method, monkeypatch, tmp_path, modes, extra=()):
+    """Run method.main in this process on a tiny shapes run, with `modes` on during the first training step
+    only (from the batch it gets to the end of the loop body): the evaluation is skipped."""
+    monkeypatch.setattr(common, "evaluate", lambda *a, **k: {"knn_acc": 0.0})
+
+    def progress(self, loader, epoch):
+        class Steps(list):
+            def set_postfix(self, **values):
+                pass
+
+            def __iter__(self):
+                for i, batch in enumerate(loader):
+                    if i > 0:
+                        return
+                    with contextlib.ExitStack() as stack:
+                        for mode in modes:
+                            stack.enter_context(mode)
+                        yield batch
+        return Steps()
+    monkeypatch.setattr(common.Run, "progress", progress)
+    module = importlib.import_module(method)
+    module.main([*TINY, "--recipe", "shapes", "--train-subset", "64", "--batch-size", "32", "--epochs", "1",
+                 "--threads", "1", "--out", str(tmp_path), "--name", method, *extra])
+
+
+# The host synchronisations one training step of each method may issue, each with its reason; none else.
+DECLARED = {"simclr": {}, "vicreg": {}, "barlow": {}, "corinfomax": {}, "adadim": {}, "sslpm": {}}
+# (not run here) sslpm --ridge 0: one .item() per step, the singular X^T X check the method needs;
+# sslpm --predictor mlp: one .item() per inner step, the early stop on the validation mask (section 3.4.1).
+
+
+@pytest.mark.parametrize("method", list(DECLARED))
+def test_a_training_step_does_not_wait_for_the_device(method, monkeypatch, tmp_path):
+    # and, for the methods with float64 state or solves, makes no float64 tensor where the device has none
+    # (MPS: the CPU is declared such a device), but in common.on_cpu_without_float64's CPU part
+    device, no_float64 = SecondDevice(), NoFloat64()
+    modes = [device]
+    if method in ("corinfomax", "adadim", "sslpm"):
+        monkeypatch.setattr(common, "NO_FLOAT64", ("cpu", "mps"))
+        fallback, modes = common.on_cpu_without_float64, [device, no_float64]
+
+        def paused(fn, x):
+            no_float64.paused = True
+            try:
+                return fallback(fn, x)
+            finally:
+                no_float64.paused = False
+        monkeypatch.setattr(common, "on_cpu_without_float64", paused)
+    one_step(method, monkeypatch, tmp_path, modes, ["--alpha-every", "1"] if method == "adadim" else [])
+    assert dict(device.syncs) == DECLARED[method]
+    assert not device.mixed and not device.copies, (device.mixed, device.copies)
+    assert not no_float64.made, no_float64.made
+
+
+def features(n=64, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    return x, x[:, :8] @ torch.randn(8, 6, generator=g) + 0.1 * torch.randn(n, 6, generator=g)
+
+
+def test_metrics_keep_to_the_device_of_their_inputs():
+    # the crash of metrics.py on CUDA: nonlinear_redundancy's per_feature was made on the CPU
+    r, z = features()
+    views = (r, r + 0.1, z, z + 0.1)
+    mode = SecondDevice()
+    with mode:
+        out = metrics.report(r, z, torch.arange(64, device=r.device) % 3, views=views, nlr_steps=2)
+        metrics.nonlinear_redundancy(r, steps=2)
+    assert not mode.mixed, mode.mixed
+    assert "undefined" not in out, out.get("undefined")
+
+
+def test_metrics_without_float64(monkeypatch):
+    # every measure of report() runs, and makes no float64 tensor, where the device has none
+    monkeypatch.setattr(common, "NO_FLOAT64", ("cpu", "mps"))
+    r, z = features()
+    mode = NoFloat64()
+    with mode:
+        out = metrics.report(r, z, torch.arange(64) % 3, views=(r, r + 0.1, z, z + 0.1), nlr_steps=2)
+    assert not mode.made, mode.made
+    assert "undefined" not in out, out.get("undefined")
+    exact = metrics.report(r.double(), z.double(), torch.arange(64) % 3, nlr_steps=0)
+    for key in ("effective_rank_R", "rankme_Z", "aac_R", "lr_R", "logdet_entropy_Z", "ldmi_RZ"):
+        assert out[key] == pytest.approx(exact[key], rel=1e-3), key
+
+
+def test_a_failing_measure_is_one_recorded_line():
+    out = metrics.Measures()
+    out.put("bad", lambda: torch.zeros(2, device="meta").item())
+    out.put("undefined_one", metrics.covariance_eigenvalues, torch.zeros(1, 3))
+    assert out["bad"] is None and out["undefined"]["bad"].startswith("failed (")
+    assert "\n" not in out["undefined"]["bad"] and "at least 2" in out["undefined"]["undefined_one"]
+
+
+class LoopLARS(torch.optim.Optimizer):
+    """common.LARS as it was: a Python loop over parameters (the reference the foreach form must equal)."""
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      clip=clip, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if not group["lars_exclude"]:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.norm(p), torch.norm(update)
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
+                                        torch.ones_like(w_norm))
+                    if group["clip"]:
+                        trust = (trust / group["lr"]).clamp(max=1.0)
+                    update = update * trust
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(update)
+                p.add_(buf, alpha=-group["lr"])
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_equals_the_loop_it_replaced(clip):
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        a[3].weight.zero_()  # a zero weight: trust ratio 1
+    b = copy.deepcopy(a)
+    a[0].bias.requires_grad_(False)  # a parameter without gradient is skipped
+    b[0].bias.requires_grad_(False)
+
+    def make(model, cls):
+        return cls([{"params": [p for p in model.parameters() if p.ndim > 1]},
+                    {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0,
+                     "lars_exclude": True}], lr=0.3, weight_decay=1e-4, clip=clip)
+    optimizers = make(a, LoopLARS), make(b, common.LARS)
+    for _ in range(4):
+        x = torch.randn(32, 8)
+        for model, optimizer in zip((a, b), optimizers):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(a.parameters(), b.parameters()):
+        if p.requires_grad:
+            assert torch.equal(optimizers[0].state[p]["momentum_buffer"], optimizers[1].state[q]["momentum_buffer"])
+
+
+def test_checkpoint_cadence(tmp_path, monkeypatch):
+    # --save-every N: last.pt at every N-th epoch, at --stop-after and at the end; by default (0) whenever
+    # writing has taken at most 2% of the training time so far
+    import argparse
+    import signal
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+
+    def saved_epochs(every, stop_after=None, epoch_seconds=1.0):
+        args = argparse.Namespace(out=str(tmp_path), name=f"r{every}-{stop_after}-{epoch_seconds}", resume=None,
+                                  epochs=10, stop_after=stop_after, save_every=every, batch_size=2, lr=0.1)
+        run, saved = common.Run(args, __file__, torch.device("cpu")), []
+        os.makedirs(run.dir)
+        for epoch in range(1, (stop_after or 10) + 1):
+            run.seconds += epoch_seconds
+            run.save(epoch, {"w": torch.nn.Linear(2, 2)})
+            if run.saved == epoch:
+                saved.append(epoch)
+                run.save_seconds = 0.05 * len(saved)  # as if each write took 50 ms
+        return saved
+    assert saved_epochs(3) == [3, 6, 9, 10]
+    assert saved_epochs(4, stop_after=5) == [4, 5]
+    assert saved_epochs(0, epoch_seconds=10.0) == list(range(1, 11))     # 50 ms of 10 s epochs: every one
+    assert saved_epochs(0, epoch_seconds=0.5) == [1, 5, 10]             # 50 ms of 0.5 s epochs: 2% at 2.5 s
+
+
+def test_channels_last_backward_where_it_is_used():
+    # oneDNN's channels_last backward crashed the process (segmentation fault) at 192-224 px for widths 4
+    # and 8 (benchmarks: every width 4-64 from 32 to 128 px ran): one forward and backward of a batch of 2,
+    # in a subprocess, at the largest sizes common.channels_last allows on the CPU
+    code = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import common
+for size, width in ((63, 8), (128, 4), (128, 8)):  # the largest of each stem; the widths that crashed
+    assert common.channels_last(torch.device("cpu"), size)
+    model = common.backbone("resnet18", width, size).to(memory_format=torch.channels_last)
+    model(torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last)).sum().backward()
+assert not common.channels_last(torch.device("cpu"), 129)
+"""
+    result = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+
+
+def test_one_line_errors_of_gpus_and_torchrun(monkeypatch, capsys):
+    import argparse
+    args = argparse.Namespace(threads=1, device="cpu", batch_size=64, image_size=32, compile=True, name="x")
+    monkeypatch.setattr(common, "WORLD_SIZE", 2)  # torchrun: --compile is refused before joining the group
+    with pytest.raises(SystemExit, match="--compile: not under torchrun"):
+        common.setup_device(args)
+    monkeypatch.setattr(common, "WORLD_SIZE", 1)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    common.setup_device(args)
+    sys.excepthook(torch.cuda.OutOfMemoryError, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried ..."), None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size (now 64)" in err and "--image-size (now 32)" in err
+
+
+def test_fallback_computes_in_float64_on_the_cpu(monkeypatch):
+    # AdaDim's alpha and CorInfoMax's eigenvalues_R1 on a device without float64 (MPS lacks eigvalsh and
+    # svdvals too): computed on the CPU in float64, returned in the device's precise dtype
+    import adadim
+    z = torch.randn(32, 8) @ torch.randn(8, 16)
+    monkeypatch.setattr(common, "NO_FLOAT64", ("cpu", "mps"))
+    rank = common.on_cpu_without_float64(adadim.effective_rank, z)
+    assert rank.dtype == torch.float32 and rank.item() == pytest.approx(adadim.effective_rank(z.double()).item(), rel=1e-6)
+    eig = common.on_cpu_without_float64(torch.linalg.eigvalsh, z.T @ z)
+    assert eig.dtype == torch.float32 and torch.allclose(eig.double(), torch.linalg.eigvalsh((z.T @ z).double()), rtol=1e-5)
