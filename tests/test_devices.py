@@ -229,7 +229,7 @@ def test_checkpoint_cadence(tmp_path, monkeypatch):
         args = argparse.Namespace(out=str(tmp_path), name=f"r{every}-{stop_after}-{epoch_seconds}", resume=None,
                                   epochs=10, stop_after=stop_after, save_every=every, batch_size=2, lr=0.1)
         run, saved = common.Run(args, __file__, torch.device("cpu")), []
-        os.makedirs(run.dir)
+        os.makedirs(run.dir, exist_ok=True)  # Run claimed it: made it
         for epoch in range(1, (stop_after or 10) + 1):
             run.seconds += epoch_seconds
             run.save(epoch, {"w": torch.nn.Linear(2, 2)})
