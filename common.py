@@ -143,9 +143,7 @@ POLICIES = {  # each is (view 1, view 2)
     "small": (strength(0.9, False, 0.05),) * 2,
     "moderate": (strength(0.5, True, 0.25),) * 2,
     "large": (strength(0.08, True, 0.5),) * 2,
-    # real objects, grey or colour (the laptop recipe): crops and flips, brightness and contrast only.
-    # Measured on Fashion-MNIST: without jitter the views share their grey levels, which SimCLR then
-    # learns (kNN no better than at random initialisation); saturation and hue do nothing on grey images.
+    # the laptop recipe's, for grey or colour objects: crops, flips, brightness and contrast (benchmarks/recipes.py)
     "objects": (view(crop_scale=(0.2, 1.0), jitter=(0.8, 0.8, 0.0, 0.0), jitter_p=0.8),) * 2,
     "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
 }
@@ -426,12 +424,10 @@ def load_torchvision(name, root):
             where = tmp.name
         for kw in splits:
             ds = cls(where, download=True, **kw)
-            if name == "stl10":  # (N, 3, 96, 96) uint8 already; labels -1 for the unlabelled part
-                out.append((torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()))
-            else:  # CIFAR (N, 32, 32, 3), MNIST (N, 28, 28) uint8
-                x = torch.as_tensor(ds.data)
-                x = x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-                out.append((x.contiguous(), torch.as_tensor(ds.targets).long()))
+            # uint8 STL-10 (N, 3, 96, 96), labels -1 for its unlabelled part; CIFAR (N, 32, 32, 3); MNIST (N, 28, 28)
+            x, y = torch.as_tensor(ds.data), torch.as_tensor(ds.labels if name == "stl10" else ds.targets).long()
+            x = x if name == "stl10" else x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            out.append((x.contiguous(), y))
     except Exception as e:  # no internet, bad archive, unwritable folder, ...
         fail(f"--dataset {name}: could not download or read it into --data-dir {root} "
              f"({e.__class__.__name__}: {' '.join(str(e).split())[:120]}); download {URLS[name]} by hand into "

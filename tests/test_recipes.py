@@ -67,3 +67,24 @@ def test_simclr_recipes_resolve():
 def test_help_says_defaults_depend_on_the_dataset(run):
     out = run("simclr.py", "--help").stdout
     assert "Defaults depend on --dataset" in out and "RECIPES" in out
+
+
+@pytest.mark.parametrize("method", ["simclr", "vicreg", "barlow", "corinfomax", "sslpm", "adadim"])
+def test_laptop_recipe_is_mnists_and_a_folders(method, capsys):
+    """--dataset fashion-mnist / mnist take the laptop recipe; --recipe laptop gives it to a folder; every
+    method has it, with a budget of images (the epochs follow the folder's size) and 28 px images."""
+    module = __import__(method)
+    for argv in (["--dataset", "fashion-mnist"], ["--dataset", "mnist"], ["--dataset", "imagefolder", "--recipe", "laptop"]):
+        args = module.get_args(argv)
+        assert args.recipe == "laptop" and args.images > 0 and args.image_size == 28
+        assert f"RECIPES['laptop'] on --dataset {argv[1]}" in capsys.readouterr().out
+    assert module.get_args(["--dataset", "mnist", "--epochs", "3"]).images == 0  # a given --epochs wins
+
+
+def test_images_budget_sets_the_epochs_from_the_sets_size(capsys):
+    args = parse(["--dataset", "shapes", "--train-subset", "300", "--images", "1000", "--image-size", "8"])
+    common.load_data(args)
+    assert args.epochs == 3 and "--images 1,000: 3 epochs" in capsys.readouterr().out  # round(1000 / 300)
+    args = parse(["--dataset", "shapes", "--train-subset", "300", "--images", "10", "--image-size", "8"])
+    common.load_data(args)
+    assert args.epochs == 1  # at least one
