@@ -661,10 +661,7 @@ def resize_images(x, size):
     """uint8 (N, 3, H, W): shorter side to `size` (antialiased bilinear), centre crop size x size."""
     if x.shape[-2:] == (size, size):
         return x
-    out = []
-    for chunk in x.split(1024):
-        out.append(TF.center_crop(TF.resize(chunk, [size], antialias=True), [size, size]))
-    return torch.cat(out)
+    return torch.cat([TF.center_crop(TF.resize(chunk, [size], antialias=True), [size, size]) for chunk in x.split(1024)])
 
 
 def channel_stats(x):
