@@ -3,9 +3,9 @@
     (top)            print0, fail, warn: output from the first process, one-line errors
     model            ResNet and backbone (ResNet-18/50, width multiplier, CIFAR or ImageNet stem), projector
     augmentation     POLICIES and Augment: two views per image, batched on the device, op for op as torchvision
-    data             Data and load_data (every --dataset) into uint8 tensors; image folders
-                     (load_imagefolder), shapes (make_shapes), the Loader
-    evaluation       OnlineProbe, extract_features, knn_accuracy, evaluate, linear_eval
+    data             Data and load_data (shapes, cifar10/100, stl10, (fashion-)mnist, imagefolder) into uint8
+                     tensors; image folders (load_imagefolder), shapes (make_shapes), the Loader
+    evaluation       OnlineProbe, extract_features, knn_accuracy, pixel_knn_accuracy, evaluate, linear_eval
     optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine), set_lr
     training loop    seed_everything, seed_epoch, autocast, channels_last, prepare_model, Progress, Meter
     ------------------------- plumbing below: a method reader can skip it -------------------------
@@ -34,6 +34,7 @@ import random
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 fcntl = None if os.name == "nt" else __import__("fcntl")  # POSIX; on Windows a run folder is claimed by mkdir only
@@ -156,6 +157,8 @@ POLICIES = {  # each is (view 1, view 2)
     "small": (strength(0.9, False, 0.05),) * 2,
     "moderate": (strength(0.5, True, 0.25),) * 2,
     "large": (strength(0.08, True, 0.5),) * 2,
+    # the laptop recipe's, for grey or colour objects: crops, flips, brightness and contrast (benchmarks/recipes.py)
+    "objects": (view(crop_scale=(0.2, 1.0), jitter=(0.8, 0.8, 0.0, 0.0), jitter_p=0.8),) * 2,
     "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
 }
 SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 128"
@@ -336,10 +339,14 @@ def gaussian_blur(x, sigma, k):
 # computed once from the training images.
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
          "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-DEFAULT_SIZE = {"shapes": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "imagefolder": 224}
+DEFAULT_SIZE = {"shapes": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "mnist": 28, "fashion-mnist": 28,
+                "imagefolder": 224}
+IDX = "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (4 files, gzipped or not)"
 URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "stl10": "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"}
+        "stl10": "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/" + IDX,
+        "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" + IDX}
 
 
 class Data:
@@ -371,7 +378,7 @@ def load_data(args):
     if args.dataset == "shapes":  # generated i.i.d. from a fixed seed: the first n are a random sample
         train, test = make_shapes(min(10_000, subset or 10_000), size, seed=0), make_shapes(2_000, size, seed=1)
         probe, names, summary = train, SHAPE_NAMES, f"shapes: {len(train[0]):,} training images generated (seed 0)"
-    elif args.dataset in ("cifar10", "cifar100", "stl10"):
+    elif args.dataset in URLS:
         (full, full_probe, test), names = load_torchvision(args.dataset, args.data_dir)
         train, probe = random_subset(full, subset), random_subset(full_probe, subset)
         summary = (f"{args.dataset}: {len(train[0]):,} training images" +
@@ -381,6 +388,9 @@ def load_data(args):
         probe, digest = train, f", files and class names {digest}"
     if subset and subset > len(train[0]):
         summary += f"; --train-subset {subset:,} is more than there are: all are used"
+    if getattr(args, "images", 0):  # a budget of images (the laptop recipe's): epochs follow the set's size
+        args.epochs = max(1, round(args.images / len(train[0])))
+        summary += f"; --images {args.images:,}: {args.epochs} epochs"
     train, probe, test = [(resize_images(x, size), y) for x, y in (train, probe, test)]
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
     args.normalize = {"mean": list(mean), "std": list(std)}  # in args.json and last.pt: to use the backbone elsewhere
@@ -417,26 +427,39 @@ def random_subset(split, k):
 
 
 def load_torchvision(name, root):
-    """(train, probe, test) splits of CIFAR-10/100 or STL-10 as uint8 tensors, and the class names;
-    downloaded into root if missing. STL-10 pretrains on train+unlabeled (labels -1) and probes on train."""
+    """(train, probe, test) splits of CIFAR-10/100, STL-10 or (Fashion-)MNIST as uint8 tensors, and the class
+    names; downloaded into root if missing. STL-10 pretrains on train+unlabeled (labels -1) and probes on
+    train. MNIST's grey images become 3 equal channels."""
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
-           "stl10": torchvision.datasets.STL10}[name]
+           "stl10": torchvision.datasets.STL10, "mnist": torchvision.datasets.MNIST,
+           "fashion-mnist": torchvision.datasets.FashionMNIST}[name]
     splits = {"stl10": [dict(split="train+unlabeled"), dict(split="train"), dict(split="test")]}.get(
         name, [dict(train=True), dict(train=True), dict(train=False)])
-    out = []
+    out, tmp, where = [], tempfile.TemporaryDirectory(), root
     try:
         os.makedirs(root, exist_ok=True)
+        # a folder of (Fashion-)MNIST's 4 IDX files (as Debian installs them, gzipped): torchvision reads them
+        # only unpacked in <root>/<class>/raw/ (its md5 check aside), a layout made here in a temporary folder
+        raw = os.path.join(tmp.name, cls.__name__, "raw")
+        idx = [next((p for p in (f"{root}/{f}", f"{root}/{f[:-3]}") if os.path.exists(p)), None)
+               for f, _ in getattr(cls, "resources", [])]
+        if idx and all(idx):
+            os.makedirs(raw)
+            for p in idx:
+                torchvision.datasets.utils.extract_archive(p, raw) if p.endswith(".gz") else shutil.copy(p, raw)
+            where = tmp.name
         for kw in splits:
-            ds = cls(root, download=True, **kw)
-            if name == "stl10":  # (N, 3, 96, 96) uint8 already; labels -1 for the unlabelled part
-                out.append((torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()))
-            else:  # (N, 32, 32, 3) uint8
-                out.append((torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                            torch.tensor(ds.targets)))
+            ds = cls(where, download=True, **kw)
+            # uint8 STL-10 (N, 3, 96, 96), labels -1 for its unlabelled part; CIFAR (N, 32, 32, 3); MNIST (N, 28, 28)
+            x, y = torch.as_tensor(ds.data), torch.as_tensor(ds.labels if name == "stl10" else ds.targets).long()
+            x = x if name == "stl10" else x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            out.append((x.contiguous(), y))
     except Exception as e:  # no internet, bad archive, unwritable folder, ...
         fail(f"--dataset {name}: could not download or read it into --data-dir {root} "
-             f"({e.__class__.__name__}: {str(e)[:120]}); download {URLS[name]} by hand and put the "
-             f"archive in {os.path.abspath(root)}/")
+             f"({e.__class__.__name__}: {' '.join(str(e).split())[:120]}); download {URLS[name]} by hand into "
+             f"{os.path.abspath(root)}/")
+    finally:
+        tmp.cleanup()
     return out, list(ds.classes)
 
 
@@ -699,10 +722,7 @@ def resize_images(x, size):
     """uint8 (N, 3, H, W): shorter side to `size` (antialiased bilinear), centre crop size x size."""
     if x.shape[-2:] == (size, size):
         return x
-    out = []
-    for chunk in x.split(1024):
-        out.append(TF.center_crop(TF.resize(chunk, [size], antialias=True), [size, size]))
-    return torch.cat(out)
+    return torch.cat([TF.center_crop(TF.resize(chunk, [size], antialias=True), [size, size]) for chunk in x.split(1024)])
 
 
 def channel_stats(x):
@@ -866,6 +886,19 @@ def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0
         votes = torch.zeros(len(f), classes, device=f.device).scatter_add_(1, train_y[idx], (sim / temperature).exp())
         correct += (votes.argmax(1) == y).sum()
     return float(correct) / len(test_f)
+
+
+@torch.no_grad()
+def pixel_knn_accuracy(data, device):
+    """The same kNN on the raw pixels of the bank and test images (at the training size, each pixel
+    standardised over the bank; its std floored at one grey level): what learned features must beat."""
+    # grey images (3 equal channels, as MNIST's) give the same cosines from one channel, 3x faster
+    c = 1 if all(torch.equal(x[:, 1:], x[:, :1].expand_as(x[:, 1:])) for x in (data.probe_x, data.test_x)) else 3
+    flat = lambda x: torch.cat([part[:, :c].to(device).flatten(1).float() for part in x.split(4096)])  # (N, c S S)
+    bank, test = flat(data.probe_x), flat(data.test_x)
+    mean, std = bank.mean(0), bank.std(0).clamp(min=1.0)
+    return knn_accuracy(bank.sub_(mean).div_(std), data.probe_y.to(device), test.sub_(mean).div_(std),
+                        data.test_y.to(device), data.classes)
 
 
 def evaluate(backbone, probe, data, device):
@@ -1223,7 +1256,7 @@ def ddp(model):
 
 
 # ---------------------------------------------------------------------- command line and recipes
-DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "imagefolder")
+DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -1281,8 +1314,9 @@ def get_parser(method, doc, recipes):
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="shapes", choices=DATASETS, help="what to train on (shapes: generated, "
                       "no download)")
-    data.add_argument("--recipe", choices=DATASETS, help="use another dataset's recipe, e.g. --recipe shapes "
-                      "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
+    data.add_argument("--recipe", choices=[r for r in recipes if r != "all"], help="another recipe of the method's "
+                      "table, e.g. --recipe laptop (real images on a laptop CPU) for your own --dataset imagefolder "
+                      "(default: --dataset's; mnist, fashion-mnist: laptop)")
     data.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
     data.add_argument("--image-size", type=in_range(int, 8, 4096),
                       help="pixels; unless a recipe sets it, the dataset's own: 32, stl10 96, imagefolder 224")
@@ -1296,6 +1330,8 @@ def get_parser(method, doc, recipes):
     model.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     optimisation = p.add_argument_group("optimisation")
     optimisation.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
+    optimisation.add_argument("--images", type=nonnegative(int), default=0, help="train on about N images in all: "
+                              "--epochs = N / training images, at least 1 (0: --epochs; a given --epochs wins)")
     optimisation.add_argument("--batch-size", default=256, help="global batch (all processes together)",
                               type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
     optimisation.add_argument("--lr", type=positive(float), default=0.3,
@@ -1374,12 +1410,13 @@ def parse_args(parser, argv=None):
         vars(args).update({k: v for k, v in saved.items() if k not in mine})
         args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
     else:  # the dataset's recipe fills in whatever was not given on the command line
-        args.recipe = args.recipe or args.dataset
+        args.recipe = args.recipe or {"mnist": "laptop", "fashion-mnist": "laptop"}.get(args.dataset, args.dataset)
         recipe = dict(parser.recipes.get(args.recipe, {}))
         if args.recipe != args.dataset and recipe.get("train_subset") and "train_subset" not in given:
             print0(f"recipe {args.recipe}: its --train-subset {recipe.pop('train_subset')} is for {args.recipe}, so "
                    f"--dataset {args.dataset} trains on all its images (--train-subset N for a random sample)")
         vars(args).update({k: v for k, v in recipe.items() if k not in given})
+        args.images = 0 if "epochs" in given and "images" not in given else args.images  # --epochs beats a recipe's
         flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
                          if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
         print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
@@ -1554,9 +1591,12 @@ class Run:
                 shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         if self.checkpoint is None:
             self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
-            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation)")
+            self.pixel_knn = pixel_knn_accuracy(data, self.device)
+            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation) pixel_knn_acc={self.pixel_knn:.4g} "
+                   "(raw pixels)")
             if RANK == 0:
-                atomic_write(log, to_json({"epoch": 0, "knn_acc": self.init_knn}) + "\n")
+                row = {"epoch": 0, "knn_acc": self.init_knn, "pixel_knn_acc": self.pixel_knn}
+                atomic_write(log, to_json(row) + "\n")
             return 0
         for k, obj in state.items():
             obj.load_state_dict(self.checkpoint["state"][k])
@@ -1564,7 +1604,8 @@ class Run:
         lines = [json.loads(l) for l in open(log) if l.endswith("\n")] if os.path.exists(log) else []
         lines = [l for l in lines if l["epoch"] <= done]  # drop epochs logged after the checkpoint
         self.seconds = sum(l.get("seconds", 0) for l in lines)
-        self.init_knn = lines[0]["knn_acc"] if lines and lines[0]["epoch"] == 0 else None
+        first = lines[0] if lines and lines[0]["epoch"] == 0 else {}
+        self.init_knn, self.pixel_knn = first.get("knn_acc"), first.get("pixel_knn_acc")
         self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
         if RANK == 0:
             atomic_write(log, "".join(to_json(l) + "\n" for l in lines))
@@ -1631,7 +1672,8 @@ class Run:
         """Final results (and the offline linear evaluation when asked) into results.json; `extra`
         holds a method's own final measurements."""
         results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
-                   "init_knn_acc": self.init_knn, "epochs": self.args.epochs, "seconds": round(self.seconds, 2)}
+                   "init_knn_acc": self.init_knn, "pixel_knn_acc": self.pixel_knn, "epochs": self.args.epochs,
+                   "seconds": round(self.seconds, 2)}
         if self.args.linear_epochs > 0:
             seed_everything(self.args.seed)  # same result whether or not the run was resumed
             results["linear_acc"] = linear_eval(backbone, data, self.args.linear_epochs, self.device)

@@ -99,6 +99,12 @@ RECIPES = {
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=256, proj_dim=32, ridge=8.0,
                    predictor_steps=50),  # mlp: at most 50 inner steps, for CPU time
+    # real images on a laptop CPU (--dataset fashion-mnist or mnist; your own folder with --recipe laptop):
+    # 28 px, about 120,000 images seen whatever the set's size (--images), chosen by measurement on
+    # Fashion-MNIST (benchmarks/recipes.py); the method's values as in its shapes recipe
+    "laptop": dict(image_size=28, width=8, images=120_000, batch_size=64, eval_every=50,
+                   optimizer="adamw", weight_decay=1e-4, warmup_epochs=0.2, policy="objects",
+                   lr=5e-3, proj_hidden=256, proj_dim=32, ridge=8.0, predictor_steps=50),
     "cifar10": dict(),
     "cifar100": dict(),
     "stl10": dict(),      # the paper has no STL-10 run; 96 px images get the ImageNet stem

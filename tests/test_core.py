@@ -1,8 +1,9 @@
-"""Loader, backbones, projector, LARS, schedule, kNN, shapes, image folders and the gather, against hand
-computations."""
+"""Loader, backbones, projector, LARS, schedule, kNN, raw-pixel kNN, shapes, image folders and the gather,
+against hand computations."""
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -213,3 +214,39 @@ def test_gather_is_the_identity_on_one_process():
     x = torch.randn(4, 3, requires_grad=True)
     y = common.gather(x)
     assert y is x  # no process group: losses see the local batch, gradients untouched
+
+
+# ------------------------------------------------------------------------------ raw-pixel kNN
+def numpy_pixel_knn(bank, bank_y, test, test_y, k=200, temperature=0.1):
+    """Raw-pixel kNN computed here with numpy alone: each pixel standardised over the bank (its std, with
+    n - 1, at least 1 grey level), cosine similarity, the k nearest vote with exp(sim / T), ties to the
+    lowest class."""
+    bank, test = (x.reshape(len(x), -1).astype(np.float64) for x in (bank, test))
+    mean, std = bank.mean(0), np.maximum(bank.std(0, ddof=1), 1.0)
+    unit = lambda x: (x - mean) / std / np.linalg.norm((x - mean) / std, axis=1, keepdims=True)
+    sim = unit(test) @ unit(bank).T                                           # (test, bank)
+    correct = 0
+    for s, y in zip(sim, test_y):
+        near = np.argsort(-s, kind="stable")[:k]
+        votes = np.bincount(bank_y[near], weights=np.exp(s[near] / temperature), minlength=bank_y.max() + 1)
+        correct += int(votes.argmax() == y)
+    return correct / len(test)
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_pixel_knn_matches_numpy(grey):
+    """300 bank and 80 test images of 4 noisy class prototypes (k = 200 of 300 vote), a band of pixels
+    constant over the bank (its std floored), colour or grey (3 equal channels: computed from one)."""
+    rng = np.random.default_rng(1)
+    prototypes = rng.integers(0, 256, (4, 1 if grey else 3, 6, 6))
+    def images(n):
+        y = rng.integers(0, 4, n)
+        x = np.clip(prototypes[y] + rng.normal(0, 90, (n, 1 if grey else 3, 6, 6)), 0, 255).astype(np.uint8)
+        return np.repeat(x, 3, axis=1) if grey else x, y
+    (bank, bank_y), (test, test_y) = images(300), images(80)
+    bank[:, :, 0], test[:5, :, 0] = 7, 200  # row 0 is 7 in every bank image (std 0); some test images differ there
+    bank_split, test_split = (torch.from_numpy(bank), torch.from_numpy(bank_y)), (torch.from_numpy(test), torch.from_numpy(test_y))
+    data = common.Data(bank_split, bank_split, test_split, list("abcd"), (0.5,) * 3, (0.2,) * 3, track=10)
+    expected = numpy_pixel_knn(bank, bank_y, test, test_y)
+    assert 0.3 < expected < 1  # neither chance nor trivial
+    assert common.pixel_knn_accuracy(data, torch.device("cpu")) == expected

@@ -97,7 +97,8 @@ def test_a_methods_values_live_only_in_its_recipes(name, monkeypatch, capsys):
     module, parser, flags = method_parser(name, monkeypatch)
     assert flags and all(default is None for default in flags.values()), flags
     for dataset in [d for d in module.RECIPES if d != "all"]:
-        args = module.get_args(["--dataset", dataset])
+        recipe_only = dataset not in common.DATASETS  # laptop: a recipe, not a dataset
+        args = module.get_args(["--dataset", "imagefolder", "--recipe", dataset] if recipe_only else ["--dataset", dataset])
         for dest in set(flags) - ALIASES.get(name, set()):
             assert getattr(args, dest) is not None, (dataset, dest)
         for alias in ALIASES.get(name, ()):
@@ -145,3 +146,24 @@ def test_one_name_for_one_concept():
     for name in METHODS:
         args = __import__(name).get_args([])
         assert args.proj_hidden > 0 and args.proj_dim > 0, name
+
+
+@pytest.mark.parametrize("method", ["simclr", "vicreg", "barlow", "corinfomax", "sslpm", "adadim"])
+def test_laptop_recipe_is_mnists_and_a_folders(method, capsys):
+    """--dataset fashion-mnist / mnist take the laptop recipe; --recipe laptop gives it to a folder; every
+    method has it, with a budget of images (the epochs follow the folder's size) and 28 px images."""
+    module = __import__(method)
+    for argv in (["--dataset", "fashion-mnist"], ["--dataset", "mnist"], ["--dataset", "imagefolder", "--recipe", "laptop"]):
+        args = module.get_args(argv)
+        assert args.recipe == "laptop" and args.images > 0 and args.image_size == 28
+        assert f"RECIPES['laptop'] on --dataset {argv[1]}" in capsys.readouterr().out
+    assert module.get_args(["--dataset", "mnist", "--epochs", "3"]).images == 0  # a given --epochs wins
+
+
+def test_images_budget_sets_the_epochs_from_the_sets_size(capsys):
+    args = parse(["--dataset", "shapes", "--train-subset", "300", "--images", "1000", "--image-size", "8"])
+    common.load_data(args)
+    assert args.epochs == 3 and "--images 1,000: 3 epochs" in capsys.readouterr().out  # round(1000 / 300)
+    args = parse(["--dataset", "shapes", "--train-subset", "300", "--images", "10", "--image-size", "8"])
+    common.load_data(args)
+    assert args.epochs == 1  # at least one

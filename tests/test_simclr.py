@@ -94,7 +94,12 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
 
 
 def test_resume_is_exact(tmp_path):
-    assert_resume_is_exact("simclr.py", [*TINY, "--epochs", "3"], tmp_path)  # results.json too
+    assert_resume_is_exact("simclr.py", [*TINY, "--epochs", "3"], tmp_path)
+    ra, rb = (json.load(open(tmp_path / n / "results.json")) for n in ("straight", "split"))
+    assert ra["knn_acc"] == rb["knn_acc"] and ra["probe_acc"] == rb["probe_acc"]
+    # the baselines are computed once, before training, and kept across --resume
+    pixel = read_log(tmp_path / "straight")[0]["pixel_knn_acc"]
+    assert 0 < pixel == ra["pixel_knn_acc"] == rb["pixel_knn_acc"] and ra["init_knn_acc"] == rb["init_knn_acc"]
 
 
 LEARN_MIN_MARGIN = 0.07  # about half the smallest kNN margin over seeds 0-2 in README Results

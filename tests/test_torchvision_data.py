@@ -1,9 +1,13 @@
-"""The paper datasets (--dataset cifar10, cifar100, stl10) through torchvision's dataset classes, from small
-files written here in torchvision's on-disk formats (no download: their md5 checks are patched), end to end:
-labels, splits and class names as loaded, and `python corinfomax.py --dataset cifar100` run in-process."""
+"""The torchvision datasets (--dataset cifar10, cifar100, stl10, mnist, fashion-mnist) through torchvision's
+dataset classes, from small files written here in torchvision's on-disk formats (no download: CIFAR's and
+STL-10's md5 checks are patched; MNIST's IDX files are read without one), end to end: labels, splits and
+class names as loaded, `python corinfomax.py --dataset cifar100` and `python simclr.py --dataset
+fashion-mnist` run in-process."""
+import gzip
 import json
 import pickle
 import signal
+import struct
 
 import numpy as np
 import pytest
@@ -104,3 +108,74 @@ def test_corinfomax_on_cifar100_end_to_end(tmp_path, no_md5, capsys):
     assert (args["alpha"], args["la_R"], args["optimizer"]) == (1000.0, 0.01, "sgd")  # the thesis recipe
     results = json.load(open(tmp_path / "runs" / "c" / "results.json"))
     assert 0 <= results["knn_acc"] <= 1 and len(results["eigenvalues_R1"]) == 16
+
+
+# ------------------------------------------------------------------ MNIST and Fashion-MNIST: IDX files
+def write_idx(path, array):
+    """The IDX format of (Fashion-)MNIST: bytes 0, 0, 0x08 (unsigned byte), the number of dimensions, each
+    dimension as a big-endian int32, then the values; gzipped when the name ends in .gz."""
+    data = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes()
+    (gzip.open if str(path).endswith(".gz") else open)(path, "wb").write(data)
+
+
+def write_mnist(folder, gz=True, n=(40, 12)):
+    """The 4 IDX files (train, t10k) of random 28 x 28 grey images and labels 0-9 into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for split, count in zip(("train", "t10k"), n):
+        x, y = RNG.integers(0, 256, (count, 28, 28), dtype=np.uint8), RNG.integers(0, 10, count, dtype=np.uint8)
+        write_idx(folder / f"{split}-images-idx3-ubyte{'.gz' * gz}", x)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{'.gz' * gz}", y)
+        truth[split] = (x, y.tolist())
+    return truth
+
+
+@pytest.mark.parametrize("name,cls", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+@pytest.mark.parametrize("layout", ["gzipped in --data-dir", "unpacked in --data-dir", "torchvision's raw/"])
+def test_mnist_from_idx_files(tmp_path, name, cls, layout):
+    """--data-dir holds the 4 IDX files gzipped (as Debian installs them: their md5 differs from torchvision's,
+    so torchvision alone would download them again), unpacked, or in torchvision's <class>/raw/ layout."""
+    folder = {"torchvision's raw/": tmp_path / cls / "raw"}.get(layout, tmp_path)
+    truth = write_mnist(folder, gz=layout.startswith("gzipped"))
+    files = sorted(tmp_path.rglob("*"))
+    (train, probe, test), names = common.load_torchvision(name, str(tmp_path))
+    assert sorted(tmp_path.rglob("*")) == files  # read as it is: nothing written there (Debian's is read-only)
+    assert names == getattr(torchvision.datasets, cls).classes
+    for (x, y), split in ((train, "train"), (probe, "train"), (test, "t10k")):
+        grey = torch.from_numpy(truth[split][0])
+        assert x.dtype == torch.uint8 and x.shape == (len(grey), 3, 28, 28) and y.tolist() == truth[split][1]
+        assert all(torch.equal(x[:, c], grey) for c in range(3))  # grey -> 3 equal channels
+
+
+def test_failed_mnist_download_says_what_to_fetch_and_where_and_the_advice_works(tmp_path, monkeypatch, capsys):
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # a dead proxy: no traffic leaves
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    with pytest.raises(SystemExit) as e:
+        common.load_torchvision("fashion-mnist", str(tmp_path / "data"))
+    message = str(e.value)
+    assert message.startswith("error: --dataset fashion-mnist:") and "\n" not in message
+    assert "fashion-mnist.s3-website.eu-central-1.amazonaws.com/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz" in message
+    assert message.endswith(f"by hand into {tmp_path / 'data'}/")
+    write_mnist(tmp_path / "data")  # what the message says: the 4 files, as downloaded, in --data-dir
+    (train, _, test), _ = common.load_torchvision("fashion-mnist", str(tmp_path / "data"))
+    assert (len(train[0]), len(test[0])) == (40, 12)
+
+
+def test_fashion_mnist_end_to_end_with_the_laptop_recipe(tmp_path, capsys):
+    """`python simclr.py --dataset fashion-mnist --data-dir <the IDX files>`, shrunk to run here: the laptop
+    recipe is chosen, the images are 28 px, and the raw-pixel kNN is printed, logged and in results.json."""
+    import simclr
+    write_mnist(tmp_path / "data", n=(64, 20))
+    handler, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
+    try:
+        simclr.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--width", "2",
+                     "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "runs"), "--name", "f"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "RECIPES['laptop'] on --dataset fashion-mnist" in out and "64 training images" in out and "28 px" in out
+    assert "(random initialisation) pixel_knn_acc=" in out
+    results = json.load(open(tmp_path / "runs" / "f" / "results.json"))
+    log0 = json.loads(open(tmp_path / "runs" / "f" / "log.jsonl").readline())
+    assert results["pixel_knn_acc"] == log0["pixel_knn_acc"] and 0 <= results["pixel_knn_acc"] <= 1
