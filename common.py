@@ -511,8 +511,8 @@ def list_image_folder(root):
             kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
             left_out.append(f"non-image files in {split}/ ({kinds})")
         if links:
-            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder or back "
-                            f"into a folder already listed ({', '.join(links[:4])}{', ...' if len(links) > 4 else ''})")
+            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder or "
+                            f"back into a folder already listed ({', '.join(links[:4])}{', ...' * (len(links) > 4)})")
     classes = [c for c, paths in found["train"].items() if paths]
     if not classes:
         fail(f"--data-dir {root}: train/ has no class folder with images (extensions {' '.join(IMAGE_EXTENSIONS)})")
@@ -1470,7 +1470,7 @@ class Run:
         self.ckpt_path = os.path.join(self.dir, "last.pt")
         if holder:
             fail(f"{'--resume' if args.resume else '--name'}: {self.dir} is in use by another run (process "
-                 f"{holder}); " + ("resume it once that has ended" if args.resume else "choose another --name or --out"))
+                 f"{holder}); {'resume it once that has ended' if args.resume else 'choose another --name or --out'}")
         if args.resume:
             try:
                 self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
