@@ -38,13 +38,16 @@ Deviations:
 - The expanded setting of Table 7 (SGD, ReSSL augmentation, 512-d projector output with a final
   BatchNorm, Table 8 offline evaluation) is not a recipe; pass its flags to approximate it.
 - VICReg as official code (variance term halved, invariance MSE over N * D entries); InfoNCE as
-  simclr.py (mean over 2N anchors, log-sum-exp). LARS as simclr.py (solo-learn eta 0.02, clip).
+  simclr.py (mean over 2N anchors, log-sum-exp). LARS with clip_lr (--lars-clip), as solo-learn's VICReg.
 - --alpha-mode linear/cosine rise from 0 to 1 per epoch (Table 2 does not give their form);
   --beta-mode fixed uses beta = gamma throughout (Table 2's "beta = 1" rows).
-- The online probe has its own AdamW (lr 1e-3), on view 1; the paper's online numbers (A.4.1) come from
-  solo-learn's: SGD lr 0.1 with the encoder's schedule, both views. Compare them only loosely.
+- The paper's online numbers (A.4.1) come from solo-learn's probe, not this one (OnlineProbe): compare
+  them only loosely.
 - Table 9 rows: stl10 400 epochs, gamma 1e-2, ResNet-50; imagefolder (ImageNet100) 400 epochs, gamma
-  -0.1, ResNet-18, batch 256 (Table 4's caption: 128). Crops are resized bilinearly (solo-learn: bicubic).
+  -0.1, ResNet-18, batch 256 (Table 4's caption: 128).
+- Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
+  bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
+  online probe (OnlineProbe).
 """
 import copy
 import math
@@ -67,7 +70,11 @@ RECIPES = {
         lars_clip=True,       # not in the paper; solo-learn cifar/vicreg.yaml (its VICReg baseline, Table 10)
         warmup_epochs=10,
         policy="asymmetric",  # Table 11, "the asymmetric augmentation scheme of (11)"
-        temperature=0.1, gamma=1e-4, alpha_every=20,
+        temperature=0.1,      # InfoNCE tau (Table 7)
+        gamma=1e-4,           # beta = gamma * alpha (Table 7)
+        alpha_mode="ada", alpha=0.5, beta_mode="ada",  # eq. 5; alpha 0.5: for --alpha-mode fixed only
+        alpha_every=20, alpha_batches=10,              # section 4: every 20 epochs, over 10 batches
+        momentum=0.0,         # the baseline setting has no momentum encoder (A.3, Table 8: 0.996)
         proj_hidden=2048,     # "3-layer MLP projector" with output 2048 (section 5); hidden 2048 as
         proj_dim=2048,        # solo-learn cifar/vicreg.yaml, the paper's VICReg comparison (Table 10)
     ),
@@ -86,19 +93,19 @@ RECIPES = {
 def get_args(argv=None):
     parser = common.get_parser("adadim", __doc__, RECIPES)
     flags = parser.add_argument_group("AdaDim (this file's flags)")
-    flags.add_argument("--temperature", type=common.positive(float), default=0.1, help="InfoNCE tau (Table 7)")
-    flags.add_argument("--gamma", type=common.in_range(float, -1, 1), default=1e-4,
-                       help="beta = gamma * alpha (Table 7; 0 removes L_mut; Table 9 tunes it per dataset)")
-    flags.add_argument("--alpha-mode", default="ada", choices=["ada", "fixed", "linear", "cosine"],
+    flags.add_argument("--temperature", type=common.positive(float), help="InfoNCE tau")
+    flags.add_argument("--gamma", type=common.in_range(float, -1, 1),
+                       help="beta = gamma * alpha (0 removes L_mut; Table 9 tunes it per dataset)")
+    flags.add_argument("--alpha-mode", choices=["ada", "fixed", "linear", "cosine"],
                        help="ada: effective rank (eq. 5); the others are Table 2 / Table 16 alternatives")
-    flags.add_argument("--alpha", type=common.in_range(float, 0, 1), default=0.5, help="for --alpha-mode fixed")
-    flags.add_argument("--beta-mode", default="ada", choices=["ada", "fixed"], help="fixed: beta = gamma")
-    flags.add_argument("--alpha-every", type=common.positive(int), default=20, help="epochs between alpha updates")
-    flags.add_argument("--alpha-batches", type=common.positive(int), default=10, help="batches per alpha update")
-    flags.add_argument("--momentum", type=common.in_range(float, 0, 1), default=0.0,
+    flags.add_argument("--alpha", type=common.in_range(float, 0, 1), help="for --alpha-mode fixed")
+    flags.add_argument("--beta-mode", choices=["ada", "fixed"], help="fixed: beta = gamma")
+    flags.add_argument("--alpha-every", type=common.positive(int), help="epochs between alpha updates")
+    flags.add_argument("--alpha-batches", type=common.positive(int), help="batches per alpha update")
+    flags.add_argument("--momentum", type=common.in_range(float, 0, 1),
                        help="base EMA momentum of a momentum encoder (A.3, Table 8: 0.996); 0: none")
-    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="projector hidden width")
-    flags.add_argument("--proj-dim", type=common.positive(int), default=2048, help="projector output size D")
+    flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     return common.parse_args(parser, argv)
 
 
@@ -130,15 +137,15 @@ def vicreg_loss(z1, z2, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
 
 def nt_xent_loss(z1, z2, temperature=0.2):
     """NT-Xent over the 2N projections of two views; z1, z2: (N, D), row i of each from image i.
-    Returns the mean over all 2N anchors of -log softmax(sim / tau)[partner], the softmax running
-    over the 2N - 1 other projections (1 positive, 2N - 2 negatives)."""
+    Returns (loss, terms): the mean over all 2N anchors of -log softmax(sim / tau)[partner], the softmax
+    running over the 2N - 1 other projections (1 positive, 2N - 2 negatives); terms is empty (one term)."""
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D), unit rows
     logits = z @ z.T / temperature                                              # (2N, 2N) cosine / tau
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))                       # an anchor is not its own negative
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,)
-    return F.cross_entropy(logits, partner)                                     # log-sum-exp, mean over 2N
+    return F.cross_entropy(logits, partner), {}                                 # log-sum-exp, mean over 2N
 
 
 def renyi_entropy(gram):
@@ -171,12 +178,12 @@ def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
     Returns the loss and its terms (vicreg, nce, mutual_information)."""
     if momentum is None:
         vicreg = vicreg_loss(z1, z2)[0]
-        nce = nt_xent_loss(z1, z2, temperature)
+        nce = nt_xent_loss(z1, z2, temperature)[0]
         mutual = (renyi_mutual_information(r2, z1) + renyi_mutual_information(r1, z2)) / 2
     else:
         z1m, z2m, r1m, r2m = momentum
         vicreg = (vicreg_loss(z1, z2m)[0] + vicreg_loss(z1m, z2)[0]) / 2
-        nce = (nt_xent_loss(z1, z2m, temperature) + nt_xent_loss(z1m, z2, temperature)) / 2
+        nce = (nt_xent_loss(z1, z2m, temperature)[0] + nt_xent_loss(z1m, z2, temperature)[0]) / 2
         mutual = (renyi_mutual_information(r2, z1) + renyi_mutual_information(r1, z2) +
                   renyi_mutual_information(r2m, z1m) + renyi_mutual_information(r1m, z2m)) / 4
     loss = (1 - beta) * ((1 - alpha) * vicreg + alpha * nce) - beta * mutual
@@ -300,13 +307,14 @@ def main(argv=None):
             with common.autocast(device):
                 h1, z1 = net(x1)
                 h2, z2 = net(x2)
-            g = lambda x: common.gather(x.float())                              # global batch
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
+            r1, r2 = common.gather(h1.float()), common.gather(h2.float())       # global batch (N, F) each
             pairs = None
             if momentum:
                 with torch.no_grad(), common.autocast(device):
                     (h1m, z1m), (h2m, z2m) = momentum.model(x1), momentum.model(x2)
-                pairs = (g(z1m), g(z2m), g(h1m), g(h2m))
-            loss, terms = adadim_loss(g(z1), g(z2), g(h1), g(h2), alpha, beta, args.temperature, pairs)
+                pairs = tuple(common.gather(t.float()) for t in (z1m, z2m, h1m, h2m))  # global batch
+            loss, terms = adadim_loss(z1, z2, r1, r2, alpha, beta, args.temperature, pairs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -30,15 +30,11 @@ Deviations:
   training mode), over the gathered global batch (official: SyncBatchNorm and an all-reduce of C).
 - Augmentation: the "asymmetric" policy (thesis Table B.1), which keeps the Gaussian blur that
   solo-learn's cifar/augmentations/asymmetric.yaml drops (view 1 blur 1.0, view 2 blur 0.1).
-- LARS as solo-learn: eta 0.02, clip_lr on (--lars-clip), biases and BatchNorm excluded; its trust
-  ratio divides by ||g + wd w|| (official Barlow Twins form), solo-learn's by ||g|| + wd ||w||.
 - Projector Linear-BN-ReLU-Linear-BN-ReLU-Linear, no biases (official); solo-learn gives every Linear
   a bias (cancelled by BatchNorm and by the standardisation).
-- Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
-- Gaussian blur with a 13-tap kernel (3 sigma of sigma 2) at every size, as PIL's blur in solo-learn;
-  crops are resized bilinearly (solo-learn: bicubic).
-- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1 (solo-learn: SGD lr 0.1 in
-  the encoder's optimizer and schedule, both views).
+- Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
+  bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
+  online probe (OnlineProbe).
 - The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and the
   `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (benchmarks/recipes.py).
 """
@@ -79,12 +75,12 @@ RECIPES = {
 def get_args(argv=None):
     parser = common.get_parser("barlow", __doc__, RECIPES)
     flags = parser.add_argument_group("Barlow Twins (this file's flags)")
-    flags.add_argument("--lambd", type=common.nonnegative(float), default=0.0051,
-                       help="off-diagonal weight lambda (official)")
-    flags.add_argument("--scale-loss", type=common.positive(float), default=1.0,
-                       help="global loss scale (official 1; solo-learn's CIFAR recipe 0.1)")
-    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
-    flags.add_argument("--proj-dim", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags.add_argument("--lambd", "--lambda", dest="lambd", metavar="LAMBDA", type=common.nonnegative(float),
+                       help="off-diagonal weight lambda (--lambd: the official code's spelling)")
+    flags.add_argument("--scale-loss", type=common.positive(float),
+                       help="global loss scale (official: 1; solo-learn's CIFAR recipe: 0.1)")
+    flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     return common.parse_args(parser, argv)
 
 

@@ -1,13 +1,16 @@
 """Everything the method files share that is not a method. Read top to bottom, or jump to a section:
 
-    model            backbone (ResNet-18/50 with a width multiplier, CIFAR or ImageNet stem), projector
+    (top)            print0, fail, warn: output from the first process, one-line errors
+    model            ResNet and backbone (ResNet-18/50, width multiplier, CIFAR or ImageNet stem), projector
     augmentation     POLICIES and Augment: two views per image, batched on the device, op for op as torchvision
-    data             load_data (shapes, cifar10, cifar100, stl10, imagefolder) into uint8 tensors; Loader
-    evaluation       OnlineProbe, knn_accuracy, evaluate, linear_eval
-    optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine)
-    training loop    seed_everything, seed_epoch, autocast, prepare_model, Meter
+    data             Data and load_data (every --dataset) into uint8 tensors; image folders
+                     (load_imagefolder), shapes (make_shapes), the Loader
+    evaluation       OnlineProbe, extract_features, knn_accuracy, evaluate, linear_eval
+    optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine), set_lr
+    training loop    seed_everything, seed_epoch, autocast, channels_last, prepare_model, Progress, Meter
     ------------------------- plumbing below: a method reader can skip it -------------------------
-    several processes   setup_device (device; under torchrun the process group), shard, gather, ddp
+    several processes   setup_device (device, threads; under torchrun the process group), shard, gather,
+                        CPUSyncBatchNorm, ddp
     command line        get_parser (the shared flags, in groups), recipes, parse_args
     run folder          Run: args.json, log.jsonl, last.pt, results.json, --resume, Ctrl-C
 
@@ -73,7 +76,9 @@ def warn(message):  # one line on stderr, from the first process only
 # ---------------------------------------------------------------------------------------- model
 class ResNet(torchvision.models.ResNet):
     """torchvision's ResNet with a width multiplier (stage widths w, 2w, 4w, 8w) and a CIFAR stem
-    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features."""
+    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features.
+    Deviation of every method: the stem conv has padding 1 (torchvision style); solo-learn's CIFAR
+    stem uses padding 2."""
     def __init__(self, block, layers, width=64, cifar_stem=True):
         nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
         self._norm_layer, self.dilation, self.groups, self.base_width, self.inplanes = nn.BatchNorm2d, 1, 1, 64, width
@@ -245,7 +250,8 @@ def resized_crop(x, top, left, height, width, size):
     """Per-sample crop boxes resized to size x size with bilinear interpolation exactly as
     torch's upsampling computes it (align_corners=False; source index clamped to the box).
     Boxes are never larger than the image and the image never larger than `size` in this repository
-    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling."""
+    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling.
+    Deviation of every method: bilinear; solo-learn and the official codes resize crops bicubically."""
     B, C, H, W = x.shape
     out = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
 
@@ -762,6 +768,7 @@ def shape_mask(k, u, v):
     return ((u >= -1) & (u <= -0.3) & (v.abs() <= 1)) | ((u.abs() <= 1) & (v >= -1) & (v <= -0.3))
 
 
+# ------------------------------------------------------------------ data: the loader
 class Loader:
     """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
     the device. The dataset is moved to the device once if it fits (else kept in pinned CPU memory).
@@ -887,7 +894,8 @@ class LARS(torch.optim.Optimizer):
     Barlow Twins / VICReg code: update = g + wd * w, scaled by eta * ||w|| / ||update||. With clip
     (solo-learn's clip_lr) the scale is min(eta * ||w|| / ||update|| / lr, 1), so the step is
     min(eta * ratio, lr) * update. Groups with lars_exclude=True (biases, BatchNorm) get neither
-    weight decay nor the trust ratio."""
+    weight decay nor the trust ratio. eta 0.02 is solo-learn's. Deviation of every method that uses it
+    with solo-learn's recipe: solo-learn's trust ratio divides by ||g|| + wd ||w||, not ||g + wd w||."""
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=False):  # eta: solo-learn
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                       clip=clip, lars_exclude=False))
@@ -978,34 +986,27 @@ def prepare_model(model, args, device):
 PROGRESS_SECONDS = 30  # without a terminal (output piped to a file), a progress line this often
 
 
-class Progress:
-    """A tqdm bar over iterable on a terminal; when the output goes to a file or a pipe, where a bar would
-    show nothing, a plain line every PROGRESS_SECONDS instead (with the last set_postfix values), so a log
-    never sits silent for minutes. Only process 0 shows anything."""
+class Progress(tqdm):
+    """tqdm's bar on a terminal. When the output goes to a file or a pipe, where a bar would show nothing,
+    a plain line on stdout at most every PROGRESS_SECONDS instead (tqdm's mininterval, with the last
+    set_postfix values), so a log never sits silent for minutes. Only process 0 shows anything."""
     def __init__(self, iterable, total, desc, unit="step"):
-        self.iterable, self.total, self.desc, self.unit, self.postfix = iterable, total, desc, unit, {}
-        self.bar = None
-        if RANK == 0 and sys.stderr.isatty():
-            self.bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                            mininterval=1.0)
+        self.piped, self.printed = not sys.stderr.isatty(), time.time()
+        super().__init__(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                         disable=RANK > 0, file=sys.stdout if self.piped else None,
+                         mininterval=PROGRESS_SECONDS if self.piped else 1.0)
 
-    def set_postfix(self, **values):
-        if self.bar is not None:
-            self.bar.set_postfix(**values)
-        self.postfix = values
+    def set_postfix(self, **values):  # piped: shown with the next line, not printed on its own
+        super().set_postfix(refresh=not self.piped, **values)
 
-    def __iter__(self):
-        if self.bar is not None or RANK > 0:
-            yield from self.bar if self.bar is not None else self.iterable
-            return
-        start = last = time.time()
-        for i, item in enumerate(self.iterable):
-            yield item
-            if time.time() - last >= PROGRESS_SECONDS and i + 1 < self.total:
-                last = time.time()
-                extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
-                print(f"{self.desc}: {i + 1}/{self.total} {self.unit}s, {(i + 1) / (last - start):.3g} "
-                      f"{self.unit}s/s{extra}", flush=True)
+    def display(self, msg=None, pos=None):
+        if not self.piped:
+            return super().display(msg, pos)
+        if msg is None and 0 < self.n < self.total and time.time() - self.printed >= PROGRESS_SECONDS:
+            self.printed = time.time()
+            rate = self.n / (self._time() - self.start_t)
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}s/s "
+                  f"{self.postfix or ''}".rstrip(), flush=True)
 
 
 class Meter:
@@ -1040,7 +1041,8 @@ def get_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     kind = name.split(":")[0]
-    if not {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(kind, lambda: True)():
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(kind, True)
+    if not available:
         fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
     return torch.device(name)
 
@@ -1117,33 +1119,20 @@ def shard(x):
     return x[RANK * n:(RANK + 1) * n]
 
 
-class _Gather(torch.autograd.Function):
-    """all_gather with a backward. Every process computes the same loss L from the gathered global
-    batch; backward sums the gradients of the W copies of L (all_reduce) and keeps this process's
-    rows: W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each
-    sample's gradient counts exactly once. Keeping only the local gradient without the sum (the bug
-    of lightly GitHub issue #1528) would lose the part that flows through other processes' losses."""
-    @staticmethod
-    def forward(ctx, x):
-        parts = [torch.empty_like(x) for _ in range(WORLD_SIZE)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return shard(grad)
-
-
 def gather(x):
     """The global batch: concatenation along dim 0 of every process's x, in rank order (so rows are
     in the order of one process with the global batch); with gradient. The identity on one process.
     Each main() gathers what its loss needs as the global batch (SimCLR negatives, covariances, ...),
-    so the loss functions themselves are plain tensor functions."""
+    so the loss functions themselves are plain tensor functions.
+    Why the backward sums: every process computes the same loss L from the gathered global batch, and
+    torch's all_gather backward reduce-scatters (sums over processes, keeps this process's rows):
+    W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each sample's
+    gradient counts exactly once. Keeping only the local gradient without the sum (the bug of lightly
+    GitHub issue #1528) would lose the part that flows through other processes' losses."""
     if WORLD_SIZE == 1 or not dist.is_initialized():
         return x
-    return _Gather.apply(x)  # without a gradient (labels, detached features) only forward runs
+    from torch.distributed.nn.functional import all_gather  # imported here: needs a distributed build
+    return torch.cat(all_gather(x))
 
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -1230,12 +1219,13 @@ def in_range(kind, low, high):  # closed interval
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """--help shows each flag's default (before any recipe: the epilog shows the recipes)."""
+    """--help shows the value a run uses for each flag: its default for every dataset (common.py's, or
+    the method's RECIPES["all"]), then the datasets whose recipe sets another (put there by parse_args)."""
     def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default not in (None, argparse.SUPPRESS, False) and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
+        unset = action.default in (None, argparse.SUPPRESS) or action.default is False
+        shown = [] if unset else ["default: %(default)s"]
+        shown += [action.per_dataset] if getattr(action, "per_dataset", "") else []
+        return (action.help or "") + (f" ({'; '.join(shown)})" if shown else "")
 
 
 def get_parser(method, doc, recipes):
@@ -1243,13 +1233,12 @@ def get_parser(method, doc, recipes):
     adds its own group. `recipes` is the method file's table: recipes["all"] holds the method's values
     for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first: the
     defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
-    table = "; ".join(f"{name}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "-")
-                      for name, values in recipes.items() if name != "all")
-    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], formatter_class=HelpFormatter, epilog=(
-        f"Defaults depend on --dataset. Those shown above are {method}.py's for every dataset (its "
-        f"RECIPES['all'] over common.py's); the recipe of --dataset, in the RECIPES table near the top of "
-        f"{method}.py, replaces some of them: {table}. Flags given on the command line win over both. "
-        f"The program prints the recipe it uses and the flags that override it; args.json keeps the final values."))
+    epilog = (f"Defaults depend on --dataset. Each flag shows its value for every dataset ({method}.py's "
+              f"RECIPES['all'] over common.py's), then the datasets whose recipe (RECIPES near the top of "
+              f"{method}.py) sets another. Flags given on the command line win over both. The program "
+              f"prints the recipe it uses and the flags that override it; args.json keeps the final values.")
+    p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], formatter_class=HelpFormatter,
+                       epilog=epilog)
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="shapes", choices=DATASETS, help="what to train on (shapes: generated, "
                       "no download)")
@@ -1257,7 +1246,7 @@ def get_parser(method, doc, recipes):
                       "(the ~1-minute CPU recipe) on your own --dataset imagefolder (default: --dataset's)")
     data.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
     data.add_argument("--image-size", type=in_range(int, 8, 4096),
-                      help="pixels (default: 32, stl10 96, imagefolder 224)")
+                      help="pixels; unless a recipe sets it, the dataset's own: 32, stl10 96, imagefolder 224")
     data.add_argument("--train-subset", type=nonnegative(int), default=0, help="train on a random sample of "
                       "N training images (seed 0, the same for every --seed); 0: all of them")
     data.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"],
@@ -1270,10 +1259,13 @@ def get_parser(method, doc, recipes):
     optimisation.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
     optimisation.add_argument("--batch-size", default=256, help="global batch (all processes together)",
                               type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
-    optimisation.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate, for the global batch")
+    optimisation.add_argument("--lr", type=positive(float), default=0.3,
+                              help="peak learning rate, for the global batch")
     optimisation.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
-    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
-    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10, help="linear warmup length")
+    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0,
+                              help="start of the linear warmup")
+    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10,
+                              help="linear warmup length")
     optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
                               help="weight decay (not on biases and BatchNorm)")
     optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
@@ -1282,11 +1274,13 @@ def get_parser(method, doc, recipes):
                               help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio "
                                    "(solo-learn clip_lr)")
     evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
+    evaluation.add_argument("--eval-every", type=positive(int), default=10,
+                            help="kNN / probe test every N epochs")
     evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
                             help="offline linear evaluation epochs at the end (0: skip)")
-    evaluation.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
-                            "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
+    evaluation.add_argument("--track-every", type=nonnegative(int), default=0,
+                            help="every K epochs log analysis measures (effective rank, I(R;Z), AAC, uniformity, "
+                                 "...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
     run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
@@ -1311,8 +1305,12 @@ def given_flags(parser, argv, args):
 
 
 def parse_args(parser, argv=None):
-    parser.set_defaults(**parser.recipes.get("all", {}))  # here, after the method file added its flags:
-    args = parser.parse_args(argv)                          # a flag's own default would win otherwise
+    parser.set_defaults(**parser.recipes.get("all", {}))  # here, once the method file added its flags
+    for action in parser._actions:  # for --help: the datasets whose recipe gives the flag another value
+        others = {name: recipe[action.dest] for name, recipe in parser.recipes.items()
+                  if name != "all" and recipe.get(action.dest, action.default) != action.default}
+        action.per_dataset = ", ".join(f"{name}: {value}" for name, value in others.items())
+    args = parser.parse_args(argv)
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
     given = parser.given = given_flags(parser, argv, args)  # parser.given: for a method's own defaults

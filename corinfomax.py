@@ -42,11 +42,11 @@ Deviations:
 - imagefolder: ImageNet-100 ResNet-18 as the official README command (la 0.01); thesis 5.2.5 says la 0.1
   for ImageNet-100 and Tiny-ImageNet, so pass --la-R 0.1 --la-mu 0.1 for those. stl10 has no thesis
   setting: it gets the ImageNet-style alpha and projector, the rest as CIFAR.
-- Augmentation: common.py's `asymmetric` policy (thesis Table B.1); crops are resized bilinearly
-  (thesis: bicubic); the blur's 13-tap kernel (3 sigma of sigma 2) matches PIL's GaussianBlur of the
-  official code.
-- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1; the thesis reports
-  offline linear accuracy (--linear-epochs 100).
+- Augmentation: common.py's `asymmetric` policy (thesis Table B.1). The thesis reports offline linear
+  accuracy (--linear-epochs 100), not the online probe's.
+- Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
+  bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
+  online probe (OnlineProbe).
 """
 import argparse
 import time
@@ -70,31 +70,33 @@ RECIPES = {
         min_lr=1e-6,          # thesis B.2.2, official --min_lr 1e-6
         policy="asymmetric",  # thesis Table B.1
         alpha=1000.0,         # thesis 5.2.5 (CIFAR-100)
-        projector="4096-4096-128",  # thesis 5.2.4 / B.2.2
+        proj_layers=3, proj_hidden=4096, proj_dim=128,  # 4096-4096-128: thesis 5.2.4 / B.2.2
         la_R=0.01, la_mu=0.01,      # thesis 5.2.5 / B.2, official --la_R 0.01 --la_mu 0.01
         eps=1e-8,             # thesis 5.2.5, official --R_eps_weight 1e-8
     ),
     # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, warmup_lr=0.0, min_lr=0.0,
-                   policy="small", projector="256-256-32", alpha=250.0, la_R=0.01, la_mu=0.01),
-    "cifar10": dict(alpha=250.0, projector="2048-2048-64"),      # thesis 5.2.4-5.2.5, B.2.1; official README
-    "cifar100": dict(alpha=1000.0, projector="4096-4096-128"),   # thesis 5.2.4-5.2.5, B.2.2; official README
+                   policy="small", proj_hidden=256, proj_dim=32, alpha=250.0),
+    "cifar10": dict(alpha=250.0, proj_hidden=2048, proj_dim=64),  # thesis 5.2.4-5.2.5, B.2.1; official README
+    "cifar100": dict(),                                           # thesis 5.2.4-5.2.5, B.2.2; official README
     # no thesis setting: ImageNet-style alpha and projector (thesis 5.2.4-5.2.5), the rest as CIFAR
-    "stl10": dict(alpha=500.0, projector="4096-4096-128"),
+    "stl10": dict(alpha=500.0),
     # ImageNet-100, ResNet-18: thesis B.2.4, official README (alpha 500, batch 1024, lr 1.0, min lr 5e-3)
-    "imagefolder": dict(alpha=500.0, projector="4096-4096-128", epochs=400, batch_size=1024, lr=1.0, min_lr=5e-3),
+    "imagefolder": dict(alpha=500.0, epochs=400, batch_size=1024, lr=1.0, min_lr=5e-3),
 }
 
 
 def projector_dims(text):
-    """argparse type for --projector: hidden and output sizes joined by '-', e.g. 4096-4096-128."""
+    """argparse type for the old --projector: sizes joined by '-', e.g. 4096-4096-128, hidden ones equal."""
     try:
         dims = [int(d) for d in text.split("-")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes joined by '-' such as 4096-4096-128, got {text!r}")
     if not all(d > 0 for d in dims):
         raise argparse.ArgumentTypeError(f"sizes must be positive, got {text}")
+    if len(set(dims[:-1])) > 1:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be equal (--proj-hidden), got {text}")
     return text
 
 
@@ -103,12 +105,21 @@ def get_args(argv=None):
     flags = parser.add_argument_group("CorInfoMax (this file's flags)")
     forgetting = common.checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
     flags.add_argument("--alpha", type=common.positive(float), help="attraction coefficient (thesis 5.2.5)")
-    flags.add_argument("--projector", type=projector_dims,
-                       help="projector sizes after the backbone, Linear-ReLU between, last without bias")
     flags.add_argument("--la-R", type=forgetting, help="forgetting factor of the covariances (eq. 4.3)")
     flags.add_argument("--la-mu", type=forgetting, help="forgetting factor of the means (eq. 4.5)")
     flags.add_argument("--eps", type=common.nonnegative(float), help="diagonal perturbation inside the log-dets")
-    return common.parse_args(parser, argv)
+    flags.add_argument("--proj-layers", type=common.positive(int), help="projector Linear layers")
+    flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
+    flags.add_argument("--projector", type=projector_dims, metavar="SIZES",
+                       help="the old spelling of the three above: 4096-4096-128 = --proj-layers 3 --proj-hidden "
+                            "4096 --proj-dim 128")
+    args = common.parse_args(parser, argv)
+    if args.projector:  # a script (or the args.json of a run) written for the old flag keeps working
+        dims = [int(d) for d in args.projector.split("-")]
+        args.proj_layers, args.proj_hidden, args.proj_dim = len(dims), dims[0], dims[-1]
+    del args.projector
+    return args
 
 
 # ---------------------------------------------------------------------------------------- loss
@@ -164,7 +175,7 @@ class Model(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
-        dims = [self.backbone.out_dim] + [int(d) for d in args.projector.split("-")]
+        dims = [self.backbone.out_dim] + [args.proj_hidden] * (args.proj_layers - 1) + [args.proj_dim]
         self.projector = common.projector(dims, batchnorm=False, last_bias=False, normalize=True)
         self.dim = dims[-1]             # D, the size of the projections (and of the covariances R1, R2)
 
@@ -203,8 +214,8 @@ def main(argv=None):
             with common.autocast(device):
                 h1, z1 = net(x1)
                 _, z2 = net(x2)
-            # covariances of the global batch: every process updates the same state from the gathered z
-            loss, terms = criterion(common.gather(z1.float()), common.gather(z2.float()))
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
+            loss, terms = criterion(z1, z2)  # every process updates the same R, mu from the global batch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -8,7 +8,7 @@ Each anchor has 1 positive and 2N - 2 negatives in its denominator.
 
 Run:        python simclr.py                                    (shapes, the CPU recipe: about half a minute)
             python simclr.py --dataset cifar100                 (ResNet-18, 1000 epochs, GPU)
-            python simclr.py --dataset cifar100 --projector linear --proj-dim 128 --policy large \
+            python simclr.py --dataset cifar100 --proj-layers 1 --proj-dim 128 --policy large \
                 --temperature 0.5 --lr 4.0 --weight-decay 1e-6 --epochs 500
                                   (the linear projector of the Geometry paper, arXiv 2205.06926, section 2)
             torchrun --standalone --nproc_per_node=4 simclr.py --dataset cifar100   (4 GPUs, same global batch)
@@ -18,14 +18,10 @@ Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) lin
 Deviations:
 - The loss is the mean over all 2N anchors (paper); google-research's code sums the two halves (2x).
   Computed as a cross-entropy over logits (log-sum-exp), never with raw exp.
-- LARS as solo-learn: eta 0.02, clip_lr on (--lars-clip), biases and BatchNorm excluded; its trust
-  ratio divides by ||g + wd w|| (official Barlow Twins form), solo-learn's by ||g|| + wd ||w||.
 - Projector as solo-learn (Linear-ReLU-Linear, no BatchNorm); google-research's has BN on every layer.
-- Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
-- Gaussian blur with a 13-tap kernel (3 sigma of sigma 2) at every size, as PIL's blur in solo-learn;
-  crops are resized bilinearly (solo-learn: bicubic).
-- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1 (solo-learn: SGD lr 0.1 in
-  the encoder's optimizer and schedule, both views).
+- Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
+  bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
+  online probe (OnlineProbe).
 - The linear-projector command follows the Geometry paper's section 2 (beta 2, i.e. tau 0.5; LARS lr 4.0,
   weight decay 1e-6; 512 x 128 bias-free projector; CIFAR-100); it gives no batch size (its Figure 3
   uses 128: this keeps 256) nor epoch count (Figure 6's caption speaks of 500). Its InfoNCE (eq. 1) is
@@ -54,6 +50,10 @@ RECIPES = {
         lars_clip=True,       # clip_lr: True
         warmup_epochs=10,     # solo-learn warmup_cosine default
         policy="symmetric",   # solo-learn cifar/augmentations/symmetric.yaml (SimCLR's s = 1 colour jitter)
+        temperature=0.2,      # tau
+        proj_layers=2,        # Linear-ReLU-Linear (1: one bias-free Linear, as the Geometry paper's)
+        proj_hidden=2048,     # proj_hidden_dim
+        proj_dim=256,         # proj_output_dim (the Geometry paper's linear projector: 128)
     ),
     # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
@@ -70,27 +70,31 @@ RECIPES = {
 def get_args(argv=None):
     parser = common.get_parser("simclr", __doc__, RECIPES)
     flags = parser.add_argument_group("SimCLR (this file's flags)")
-    flags.add_argument("--temperature", type=common.positive(float), default=0.2, help="tau (solo-learn cifar)")
-    flags.add_argument("--projector", default="mlp", choices=["mlp", "linear"],
-                       help="mlp: Linear-ReLU-Linear (solo-learn); linear: one bias-free matrix (arXiv 2205.06926)")
-    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
-    flags.add_argument("--proj-dim", type=common.positive(int), default=256,
-                       help="solo-learn cifar: 256; the linear projector of arXiv 2205.06926: 128")
-    return common.parse_args(parser, argv)
+    flags.add_argument("--temperature", type=common.positive(float), help="tau of the softmax")
+    flags.add_argument("--proj-layers", type=int, choices=[1, 2],
+                       help="2: Linear-ReLU-Linear (solo-learn); 1: one bias-free matrix (arXiv 2205.06926)")
+    flags.add_argument("--projector", choices=["mlp", "linear"], help="the old spelling of --proj-layers 2 | 1")
+    flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
+    args = common.parse_args(parser, argv)
+    if args.projector:  # a script written for the old flag keeps working
+        args.proj_layers = {"mlp": 2, "linear": 1}[args.projector]
+    del args.projector
+    return args
 
 
 # ---------------------------------------------------------------------------------------- loss
 def nt_xent_loss(z1, z2, temperature=0.2):
     """NT-Xent over the 2N projections of two views; z1, z2: (N, D), row i of each from image i.
-    Returns the mean over all 2N anchors of -log softmax(sim / tau)[partner], the softmax running
-    over the 2N - 1 other projections (1 positive, 2N - 2 negatives)."""
+    Returns (loss, terms): the mean over all 2N anchors of -log softmax(sim / tau)[partner], the softmax
+    running over the 2N - 1 other projections (1 positive, 2N - 2 negatives); terms is empty (one term)."""
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D), unit rows
     logits = z @ z.T / temperature                                              # (2N, 2N) cosine / tau
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))                       # an anchor is not its own negative
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,)
-    return F.cross_entropy(logits, partner)                                     # log-sum-exp, mean over 2N
+    return F.cross_entropy(logits, partner), {}                                 # log-sum-exp, mean over 2N
 
 
 # --------------------------------------------------------------------------------------- model
@@ -100,7 +104,7 @@ class Model(nn.Module):
         super().__init__()
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
         dim = self.backbone.out_dim
-        if args.projector == "mlp":
+        if args.proj_layers == 2:
             self.projector = common.projector([dim, args.proj_hidden, args.proj_dim], batchnorm=False)
         else:  # a linear projector, whose rank arXiv 2205.06926 tracks (section 3, Figure 1)
             self.projector = nn.Linear(dim, args.proj_dim, bias=False)
@@ -139,12 +143,13 @@ def main(argv=None):
             with common.autocast(device):
                 h1, z1 = net(x1)
                 _, z2 = net(x2)
-            loss = nt_xent_loss(common.gather(z1.float()), common.gather(z2.float()), args.temperature)
+            z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
+            loss, terms = nt_xent_loss(z1, z2, args.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             probe_loss = probe.step(h1, labels)
-            meter.add(loss=loss, probe_loss=probe_loss)
+            meter.add(loss=loss, **terms, probe_loss=probe_loss)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked

@@ -52,18 +52,19 @@ Deviations:
 - lambda defaults per variant (LAMBDA): the official configs' 0.15 (ridge), 64 (mlp, 1 layer), 0.5 (mlp,
   3 layers); on shapes the ridge variant uses 1.0: with 0.15 the prediction loss fell towards 0 (redundant
   embeddings, no learning), with 1.0 it stays near the 0.65 of the paper's Table 3 (benchmarks/recipes.py).
-- CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur);
-  crops are resized bilinearly (official: bicubic).
+- CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur).
 - SSLPM-SGD (--predictor mlp) trains at batch 512 on the paper recipes (appendix E: "to increase
   numerical stability"; official v6 configs), the ridge variant at 256; a given --batch-size wins.
-- --proj-layers (official proj_size, varied in Figures 6 and 15) defaults to 3; 0 feeds the backbone
-  features to the loss (D = their size).
-- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1; the paper's online numbers
-  (Table 1) come from solo-learn's probe: SGD lr 0.1 with the encoder's schedule, both views. Compare
-  this file's probe accuracy with the paper's only loosely.
+- --proj-layers 0 (official proj_size, varied in Figures 6 and 15) feeds the backbone features to the loss
+  (D = their size).
+- The paper's online numbers (Table 1) come from solo-learn's probe, not this one (OnlineProbe):
+  compare this file's probe accuracy with the paper's only loosely.
 - imagefolder is the official ImageNet-100 config (imagenet-100/cl_lin_pred_min.yaml: 400 epochs,
   lambda 0.125); the rest as CIFAR.
 - Training runs in bf16 autocast on CUDA (the official CIFAR configs: fp32); losses are float32/float64.
+- Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
+  bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
+  online probe (OnlineProbe).
 """
 import time
 
@@ -85,8 +86,13 @@ RECIPES = {
         warmup_lr=3e-5,       # solo-learn scheduler.warmup_start_lr default
         policy="asymmetric",  # augmentations: asymmetric.yaml
         proj_hidden=2048, proj_dim=128,  # proj_size 3: Linear-BN-ReLU-Linear-BN-ReLU-Linear
+        proj_layers=3,        # proj_size (Figures 6 and 15 vary it)
+        predictor="ridge",    # SSLPM-RR, the paper's best (Table 1)
         ridge=0.0,            # ridge_lambd: 0 (2N = 512 rows >= D = 128)
+        target="full",        # mask_regression_target: False (official HEAD); appendix B's W_0: masked
         mask_fraction=0.5,    # mask_fraction: 0.5
+        predictor_layers=1,   # SSLPM-SGD 1l (cl_non_lin_pred_minv6_1layer.yaml)
+        predictor_steps=500,  # most inner steps per encoder step (appendix E)
     ),
     # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
@@ -109,25 +115,27 @@ LAMBDA = {"paper": {"ridge": 0.15, "mlp1": 64.0, "mlp3": 0.5},
 def get_args(argv=None):
     parser = common.get_parser("sslpm", __doc__, RECIPES)
     flags = parser.add_argument_group("SSLPM (this file's flags)")
-    flags.add_argument("--lambda", dest="lambd", type=common.nonnegative(float), default=None,
-                       help="weight of the prediction term; 0 = Table 2 ablation (default: per variant, "
-                            "0.15 ridge, 64 mlp 1 layer, 0.5 mlp 3 layers; official configs)")
-    flags.add_argument("--predictor", default="ridge", choices=["ridge", "mlp"],
+    per_variant = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
+                            for name, values in LAMBDA.items())
+    flags.add_argument("--lambd", "--lambda", dest="lambd", metavar="LAMBDA", type=common.nonnegative(float),
+                       help="weight of the prediction term; 0 = Table 2 ablation (default: per recipe and "
+                            f"variant, LAMBDA: {per_variant})")
+    flags.add_argument("--predictor", choices=["ridge", "mlp"],
                        help="ridge: SSLPM-RR closed form (section 3.4.2); mlp: SSLPM-SGD (section 3.4.1)")
-    flags.add_argument("--ridge", type=common.nonnegative(float), default=0.0, help="ridge penalty mu (eq. 12)")
-    flags.add_argument("--target", default="full", choices=["full", "masked"],
+    flags.add_argument("--ridge", type=common.nonnegative(float), help="ridge penalty mu (eq. 12)")
+    flags.add_argument("--target", choices=["full", "masked"],
                        help="ridge target: full e (eq. 15) or M * e (appendix B, eq. 17)")
     flags.add_argument("--mask-fraction", type=common.checked(float, lambda v: 0 < v < 1, "in (0, 1)"),
-                       default=0.5, help="probability that an entry is hidden (paper: 1/2)")
-    flags.add_argument("--predictor-layers", type=int, choices=[1, 3], default=1,
+                       help="probability that an entry is hidden (paper: 1/2)")
+    flags.add_argument("--predictor-layers", type=int, choices=[1, 3],
                        help="mlp: 1 = one linear layer (SSLPM-SGD 1l), 3 = two hidden layers of 128 (3l)")
-    flags.add_argument("--predictor-steps", type=common.positive(int), default=500,
+    flags.add_argument("--predictor-steps", type=common.positive(int),
                        help="mlp: most inner steps per encoder step (appendix E)")
-    flags.add_argument("--proj-layers", type=int, choices=[0, 1, 2, 3], default=3,
-                       help="projector depth (official proj_size; Figures 6 and 15 vary it): 0 = none (the loss "
-                            "sees the backbone features), 1 = one Linear, 2 and 3 = Linear-BN-ReLU blocks + Linear")
-    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="official cifar")
-    flags.add_argument("--proj-dim", type=common.positive(int), default=128, help="official cifar (D)")
+    flags.add_argument("--proj-layers", type=int, choices=[0, 1, 2, 3],
+                       help="projector Linear layers: 0 = none (the loss sees the backbone features), "
+                            "1 = one Linear, 2 and 3 = Linear-BN-ReLU blocks + Linear")
+    flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     args = common.parse_args(parser, argv)
     if args.lambd is None:
         variant = "ridge" if args.predictor == "ridge" else f"mlp{args.predictor_layers}"
@@ -183,12 +191,23 @@ def ridge_predictability_loss(e, mask, ridge, target="full"):
 
 
 def sslpm_loss(z1, z2, mask, lambd=0.15, ridge=0.0, target="full"):
-    """SSLPM-RR: (loss, invariance, prediction) with loss = invariance - lambd * D * prediction.
-    z1, z2: (N, D) projections of the two views; mask: (2N, D) bool."""
+    """SSLPM-RR: (loss, terms) with loss = invariance - lambd * D * prediction and the unweighted terms
+    {"invariance", "prediction"}. z1, z2: (N, D) projections of the two views; mask: (2N, D) bool."""
     e = torch.cat([standardize(z1.float()), standardize(z2.float())])            # (2N, D)
     invariance = invariance_loss(z1, z2)
     prediction = ridge_predictability_loss(e, mask, ridge, target)
-    return invariance - lambd * e.shape[1] * prediction, invariance, prediction
+    return invariance - lambd * e.shape[1] * prediction, dict(invariance=invariance, prediction=prediction)
+
+
+def sslpm_sgd_loss(z1, z2, val_mask, predictor, lambd):
+    """SSLPM-SGD (section 3.4.1, appendix E): fits the predictor (an MLPPredictor) on the detached
+    embeddings, then (loss, terms) with loss = invariance - lambd * log(min(L_pred(M_V), 1)) and the terms
+    {"invariance", "prediction", "predictor_steps"}. z1, z2: (N, D); val_mask: (2N, D) bool, M_V."""
+    e = torch.cat([standardize(z1.float()), standardize(z2.float())])            # (2N, D)
+    steps = torch.tensor(float(predictor.fit(e, val_mask)))
+    invariance, prediction = invariance_loss(z1, z2), predictor.encoder_error(e, val_mask)
+    loss = invariance - lambd * torch.log(prediction.clamp(max=1.0))            # appendix E
+    return loss, dict(invariance=invariance, prediction=prediction, predictor_steps=steps)
 
 
 class MLPPredictor:
@@ -294,22 +313,18 @@ def main(argv=None):
                 _, z2 = net(x2)
             z1, z2 = common.gather(z1.float()), common.gather(z2.float())       # global batch (N, D) each
             mask = random_mask(2 * len(z1), z1.shape[1], args.mask_fraction, device)  # (2N, D)
-            extra = {}
             if args.predictor == "ridge":
                 try:
-                    loss, invariance, prediction = sslpm_loss(z1, z2, mask, args.lambd, args.ridge, args.target)
+                    loss, terms = sslpm_loss(z1, z2, mask, args.lambd, args.ridge, args.target)
                 except ValueError as e:
                     common.fail(f"--ridge {args.ridge}: {e}")
             else:  # mask is the validation mask M_V of section 3.4.1
-                e = torch.cat([standardize(z1), standardize(z2)])                # (2N, D)
-                extra["predictor_steps"] = torch.tensor(float(predictor.fit(e, mask)))
-                invariance, prediction = invariance_loss(z1, z2), predictor.encoder_error(e, mask)
-                loss = invariance - args.lambd * torch.log(prediction.clamp(max=1.0))  # appendix E
+                loss, terms = sslpm_sgd_loss(z1, z2, mask, predictor, args.lambd)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             probe_loss = probe.step(h1, labels)
-            meter.add(loss=loss, invariance=invariance, prediction=prediction, probe_loss=probe_loss, **extra)
+            meter.add(loss=loss, **terms, probe_loss=probe_loss)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * len(images) / (time.time() - t0):.0f}")
         # end of the epoch: check, evaluate when due, track when asked, log, save, stop when asked

@@ -30,17 +30,14 @@ Deviations:
   gradient is the same, and the logged loss is then the global one). solo-learn sums the two
   views' variance terms (2x ours), so its var_loss_weight 25 equals --std-coeff 50 here; the recipe
   keeps the paper's 25/25/1.
-- LARS as solo-learn: eta 0.02, clip_lr on (--lars-clip), biases and BatchNorm excluded; its trust
-  ratio divides by ||g + wd w|| (official VICReg form), solo-learn's by ||g|| + wd ||w||.
 - Projector Linear-BN-ReLU-Linear-BN-ReLU-Linear. No bias on the last layer (official; solo-learn's is
   cancelled by z1 - z2 and by the centring); none on the hidden ones either (official and solo-learn
   have them, cancelled by the BatchNorm that follows).
-- Backbone stem conv has padding 1 (torchvision style); solo-learn's CIFAR stem uses padding 2.
-- Crops are resized bilinearly (solo-learn: bicubic). The `vicreg` policy is solo-learn's CIFAR block
-  (no blur); solo-learn's ImageNet-100 config also blurs with p 0.5, which this file's imagefolder recipe
-  (its other values) does not.
-- The online probe is a linear layer with its own AdamW (lr 1e-3) on view 1 (solo-learn: SGD lr 0.1 in
-  the encoder's optimizer and schedule, both views).
+- The `vicreg` policy is solo-learn's CIFAR block (no blur); solo-learn's ImageNet-100 config also blurs
+  with p 0.5, which this file's imagefolder recipe (its other values) does not.
+- Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
+  bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
+  online probe (OnlineProbe).
 - The CPU recipe (shapes) uses AdamW (LARS at these sizes made real-image features worse) and the
   `small` augmentation (crop 0.9-1, weak jitter): stronger ones lowered kNN accuracy (benchmarks/recipes.py).
 """
@@ -83,13 +80,13 @@ RECIPES = {
 def get_args(argv=None):
     parser = common.get_parser("vicreg", __doc__, RECIPES)
     flags = parser.add_argument_group("VICReg (this file's flags)")
-    flags.add_argument("--sim-coeff", type=common.nonnegative(float), default=25.0, help="invariance weight")
-    flags.add_argument("--std-coeff", type=common.nonnegative(float), default=25.0,
+    flags.add_argument("--sim-coeff", type=common.nonnegative(float), help="invariance weight")
+    flags.add_argument("--std-coeff", type=common.nonnegative(float),
                        help="variance weight (0: the no-variance ablation, total collapse)")
-    flags.add_argument("--cov-coeff", type=common.nonnegative(float), default=1.0,
+    flags.add_argument("--cov-coeff", type=common.nonnegative(float),
                        help="covariance weight (0: the no-covariance ablation, dimensional collapse)")
-    flags.add_argument("--proj-hidden", type=common.positive(int), default=2048, help="solo-learn cifar")
-    flags.add_argument("--proj-dim", type=common.positive(int), default=2048, help="solo-learn cifar")
+    flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
+    flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     return common.parse_args(parser, argv)
 
 

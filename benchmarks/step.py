@@ -1,30 +1,24 @@
-"""Time of one training step of each method, as a ratio to VICReg's: same backbone, batch and image
-size, one run. Not run by CI.
+"""Time of one training step of each method, as a ratio to VICReg's, each through its own main(): same
+backbone, batch and image size. Not run by CI (a test runs it tiny on the CPU).
 
-    python benchmarks/step.py [--width 16] [--batch-size 256] [--image-size 32] [--steps 9]
-                              [--device auto] [--threads N]
+    python benchmarks/step.py [--width 16] [--batch-size 256] [--image-size 32] [--steps 9] [--warmup 2]
+                              [--rounds 1] [--device auto] [--threads N] [--methods ...]
 
-Each method gets its own Model(args), loss and optimizer with its CIFAR-10 recipe
-(`get_args(["--dataset", "cifar10", ...])`: projector sizes, optimizer, loss constants), only
---width, --image-size and --batch-size overridden for all of them (defaults: a width-16 ResNet-18
-(128-d features) at 32 px, batch 256 on the CPU; width 64 on a GPU, with bf16 autocast and channels_last
-as the training loops). So the steps differ by what the methods differ by (the output prints each
-projector and optimizer as read from the recipes):
-    simclr      projector 2048-256, NT-Xent, LARS
-    vicreg      projector 2048-2048-2048, VICReg, LARS
-    barlow      projector 2048-2048-2048, Barlow Twins, LARS
-    corinfomax  projector 2048-2048-64 (L2-normalised), float64 running covariances and log-dets, SGD
-    adadim      projector 2048-2048-2048, VICReg + InfoNCE + Renyi I(R;Z), LARS, no momentum encoder
-    sslpm-rr    projector 2048-2048-128, invariance + float64 ridge regression (Cholesky), LARS
-    sslpm-sgd   the same, with the 1-layer MLP predictor: its inner loop (up to 500 steps, early stopped)
-A step is what the method's training loop (main()) does per batch once the views are augmented: the
-forward of both views, the loss, backward, the optimizer step and the method's own logged extras
-(embedding_std, CorInfoMax's LDMI, SSLPM-SGD's inner loop). Left out, as every method does the same:
-augmentation (the views are fixed random tensors), the online probe, the learning-rate schedule.
+Each method runs its own main() with its CIFAR-10 recipe (--recipe cifar10: projector sizes, optimizer,
+loss constants), only --width, --image-size and --batch-size overridden for all of them (defaults: a
+width-16 ResNet-18 (128-d features) at 32 px, batch 256 on the CPU; width 64 on a GPU). So a step is
+exactly what the method's training loop does per batch: the forward of both views (bf16 autocast and
+channels_last where main() uses them), the gather, the loss and its logged extras (embedding_std,
+CorInfoMax's LDMI, SSLPM-SGD's inner loop), backward, the optimizer step, the online probe, the
+learning-rate schedule and the epoch means. Left out, as every method does the same: augmentation
+(common.Augment is replaced by two fixed random views) and the data (generated shapes images).
+The printed projector and optimizer are the ones main() built. A step's time is the time between two
+batches handed out by the loader (with a device sync); the first --warmup steps are dropped and the
+median of the next --steps is reported. With --rounds R every method runs R times, the methods taking
+turns, so that a noisy moment of a shared machine hits all of them.
 AdaDim's alpha (effective rank of 10 augmented batches, once every --alpha-every epochs) is not in its
-step; it is timed once and printed as a cost per step of a CIFAR-10 run (50,000 / batch steps per epoch).
-Every method runs --warmup steps first; then the methods take turns, one step each, --steps times
-(so a noisy moment of a shared machine hits all of them), and the median step is reported.
+step (its first measurement is at the end of the first window); it is timed once and printed as a cost
+per step of a CIFAR-10 run (50,000 / batch steps per epoch).
 --threads (torch.set_num_threads) defaults to one per core; on a machine shared with other processes
 use --threads 1: with more, every op waits for its slowest thread, and one descheduled thread stalls
 the step.
@@ -33,9 +27,11 @@ import argparse
 import contextlib
 import importlib
 import io
+import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -52,84 +48,99 @@ TARGET = {"corinfomax": 1.15, "adadim": 1.15, "sslpm-rr": 1.15}
 CIFAR10_TRAIN = 50_000
 
 
-class Method:
-    """One method's model, optimizer and step, built as its main() builds them."""
-    def __init__(self, name, a, device):
-        self.name, file, extra = name, *METHODS[name]
-        self.module = m = importlib.import_module(file)
-        argv = ["--dataset", "cifar10", "--width", str(a.width), "--image-size", str(a.image_size),
-                "--batch-size", str(a.batch_size), "--device", str(device)] + extra
-        with contextlib.redirect_stdout(io.StringIO()):  # get_args prints the recipe line
-            self.args = args = m.get_args(argv)
-        self.model = common.prepare_model(m.Model(args), args, device)
-        self.optimizer = common.make_optimizer(self.model, args)
-        self.device = device
-        if file == "corinfomax":
-            self.criterion = m.CorInfoMaxLoss(int(args.projector.split("-")[-1]), args.alpha, args.la_R,
-                                              args.la_mu, args.eps).to(device)
-        if name == "sslpm-sgd":
-            self.predictor = m.MLPPredictor(args.proj_dim, args.predictor_layers, device, args.predictor_steps,
-                                            args.mask_fraction)
-            self.inner_steps = []
-        if file == "adadim":  # alpha is measured every --alpha-every epochs; any value costs the same
-            self.alpha, self.beta = 0.5, args.gamma * 0.5
-
-    def loss(self, h1, z1, h2, z2):
-        """The method's loss and logged extras, as in its main()."""
-        m, args, g = self.module, self.args, lambda x: common.gather(x.float())
-        if self.name == "vicreg":
-            loss, _ = m.vicreg_loss(z1, z2, args.sim_coeff, args.std_coeff, args.cov_coeff)
-            m.embedding_std(z1, z2)
-        elif self.name == "barlow":
-            loss, _ = m.barlow_twins_loss(z1, z2, args.lambd)
-            loss = args.scale_loss * loss
-            m.embedding_std(z1, z2)
-        elif self.name == "simclr":
-            loss = m.nt_xent_loss(g(z1), g(z2), args.temperature)
-        elif self.name == "corinfomax":
-            loss, _ = self.criterion(g(z1), g(z2))
-            self.criterion.ldmi()
-        elif self.name == "adadim":
-            loss, _ = m.adadim_loss(g(z1), g(z2), g(h1), g(h2), self.alpha, self.beta, args.temperature, None)
-        else:
-            z1, z2 = g(z1), g(z2)
-            mask = m.random_mask(2 * len(z1), z1.shape[1], args.mask_fraction, self.device)  # (2N, D)
-            if self.name == "sslpm-rr":
-                loss, _, _ = m.sslpm_loss(z1, z2, mask, args.lambd, args.ridge, args.target)
-            else:
-                e = torch.cat([m.standardize(z1), m.standardize(z2)])           # (2N, D)
-                self.inner_steps.append(self.predictor.fit(e, mask))
-                invariance, prediction = m.invariance_loss(z1, z2), self.predictor.encoder_error(e, mask)
-                loss = invariance - args.lambd * torch.log(prediction.clamp(max=1.0))
-        return loss
-
-    def step(self, x1, x2):
-        self.model.train()
-        with common.autocast(self.device):
-            h1, z1 = self.model(x1)
-            h2, z2 = self.model(x2)
-        loss = self.loss(h1, z1, h2, z2)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss
-
-    def alpha_seconds(self, a):
-        """AdaDim's measure_alpha as its main() calls it (without momentum encoder), on random images."""
-        images = torch.randint(0, 256, (4 * a.batch_size, 3, a.image_size, a.image_size), dtype=torch.uint8,
-                               device=self.device)
-        split = (images.cpu(), torch.zeros(len(images), dtype=torch.long))
-        data = common.Data(split, split, split, list(range(10)), (0.5,) * 3, (0.25,) * 3)
-        augment = common.Augment(self.args.policy, data, a.image_size)
-        start = time.perf_counter()
-        self.module.measure_alpha(self.model, images, augment, a.batch_size, self.args.alpha_batches, self.device)
-        sync(self.device)
-        return time.perf_counter() - start
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+class Timed:
+    """What main() builds, instrumented from outside: the loader records when each batch is handed out,
+    Augment returns two fixed views, make_optimizer keeps the model and optimizer it built."""
+    def __init__(self, device):
+        self.device, self.times, self.built = device, [], None
+        timed = self
+
+        class Loader(common.Loader):
+            def __iter__(self):
+                for batch in super().__iter__():
+                    sync(device)
+                    timed.times.append(time.perf_counter())
+                    yield batch
+
+        class FixedViews:
+            def __init__(self, policy, data, size, **kwargs):
+                self.views = None
+
+            def __call__(self, x):
+                if self.views is None:  # as common.Augment gives them: normalised float, channels_last there
+                    layout = torch.channels_last if common.channels_last(x.device) else torch.contiguous_format
+                    self.views = tuple(torch.randn(x.shape, device=x.device).contiguous(memory_format=layout)
+                                       for _ in range(2))
+                return self.views
+
+        make_optimizer = common.make_optimizer
+
+        def keep(model, args):
+            optimizer = make_optimizer(model, args)
+            self.built = model, optimizer
+            return optimizer
+        self.patches = {"Loader": Loader, "Augment": FixedViews, "make_optimizer": keep}
+
+    @contextlib.contextmanager
+    def patched(self, data):
+        saved = {k: getattr(common, k) for k in [*self.patches, "load_data"]}
+        for k, v in {**self.patches, "load_data": lambda args: (setattr(args, "image_size", data.image_size),
+                                                                  data)[1]}.items():
+            setattr(common, k, v)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(common, k, v)
+
+
+def shapes_data(n, size):
+    """n generated shapes images (10 classes, the first 10,000 repeated) of size px, a 256-image test split."""
+    x, y = common.make_shapes(min(n, 10_000), size, seed=0)
+    reps = -(-n // len(x))
+    train = (x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n])
+    data = common.Data(train, train, (train[0][:256], train[1][:256]), list(common.SHAPE_NAMES), (0.5,) * 3,
+                       (0.25,) * 3)
+    data.image_size = size
+    return data
+
+
+def run_method(name, a, data, timed, out):
+    """One run of the method's main() over the generated data; returns its step times and log row."""
+    file, extra = METHODS[name]
+    argv = ["--dataset", "shapes", "--recipe", "cifar10", "--width", str(a.width),
+            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--epochs", "2", "--stop-after", "1", "--eval-every", "1000",
+            "--device", a.device, "--threads", str(a.threads), "--out", out, "--name", f"{name}-{time.time_ns()}",
+            *extra]
+    timed.times = []
+    with timed.patched(data), contextlib.redirect_stdout(io.StringIO()):  # the method's own lines
+        importlib.import_module(file).main(argv)
+    log = [json.loads(line) for line in open(os.path.join(out, argv[argv.index("--name") + 1], "log.jsonl"))]
+    steps = [t1 - t0 for t0, t1 in zip(timed.times, timed.times[1:])][a.warmup:]
+    return steps, log[-1]
+
+
+def alpha_seconds(a, device):
+    """AdaDim's measure_alpha as its main() calls it (without momentum encoder), on random images."""
+    adadim = importlib.import_module("adadim")
+    with contextlib.redirect_stdout(io.StringIO()):
+        args = adadim.get_args(["--dataset", "cifar10", "--width", str(a.width), "--image-size", str(a.image_size),
+                                "--batch-size", str(a.batch_size)])
+    model = common.prepare_model(adadim.Model(args), args, device)
+    images = torch.randint(0, 256, (4 * a.batch_size, 3, a.image_size, a.image_size), dtype=torch.uint8,
+                           device=device)
+    split = (images.cpu(), torch.zeros(len(images), dtype=torch.long))
+    data = common.Data(split, split, split, list(range(10)), (0.5,) * 3, (0.25,) * 3)
+    augment = common.Augment(args.policy, data, a.image_size)
+    start = time.perf_counter()
+    adadim.measure_alpha(model, images, augment, a.batch_size, args.alpha_batches, device)
+    sync(device)
+    return time.perf_counter() - start, args
 
 
 def main():
@@ -138,54 +149,46 @@ def main():
     p.add_argument("--width", type=int, help="ResNet-18 base width (default: 16 on the CPU, 64 on a GPU)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=9, help="timed steps per method (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    p.add_argument("--steps", type=int, default=9, help="timed steps per method and round (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first, in every run")
+    p.add_argument("--rounds", type=int, default=1, help="runs of every method, taking turns")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--no-alpha", action="store_true", help="skip timing AdaDim's alpha measurement")
     a = p.parse_args()
     device = common.get_device(a.device)
     a.width = a.width or (64 if device.type == "cuda" else 16)
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    methods = [Method(name, a, device) for name in ["vicreg"] + [n for n in a.methods if n != "vicreg"]]
-    x1, x2 = (torch.randn(a.batch_size, 3, a.image_size, a.image_size, device=device) for _ in range(2))
-    if common.channels_last(device):  # as common.Augment gives the training loops their views
-        x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, ResNet-18 width "
-          f"{a.width} ({methods[0].model.backbone.out_dim}-d features), {a.image_size} px, batch {a.batch_size}, "
-          f"median of {a.steps} steps after {a.warmup} warm-up steps, methods interleaved")
-    for method in methods:
-        for _ in range(a.warmup):
-            method.step(x1, x2)
-    times = {method.name: [] for method in methods}
-    for _ in range(a.steps):
-        for method in methods:
-            sync(device)
-            start = time.perf_counter()
-            method.step(x1, x2)
-            sync(device)
-            times[method.name].append(time.perf_counter() - start)
+    names = ["vicreg"] + [n for n in a.methods if n != "vicreg"]
+    data = shapes_data(a.batch_size * (a.warmup + a.steps + 1), a.image_size)  # + 1: the last step's end
+    timed, times, built, rows = Timed(device), {n: [] for n in names}, {}, {}
+    print(f"torch {torch.__version__}, device {device}, {a.threads} threads, ResNet-18 width {a.width}, "
+          f"{a.image_size} px, batch {a.batch_size}, median of {a.steps} steps after {a.warmup} warm-up steps, "
+          f"{a.rounds} round(s), each method through its own main()")
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(a.rounds):
+            for name in names:
+                steps, rows[name] = run_method(name, a, data, timed, out)
+                times[name] += steps
+                built[name] = timed.built
     base = statistics.median(times["vicreg"])
     print(f"{'method':<12}{'s/step':>9}{'min-max':>13}{'x VICReg':>10}   {'projector':<24}{'optimizer':<10}target")
-    for method in methods:
-        t = statistics.median(times[method.name])
-        target = TARGET.get(method.name)
+    for name in names:
+        t = statistics.median(times[name])
+        target = TARGET.get(name)
         mark = f"<= {target:.2f}x: {'met' if t / base <= target else 'NOT met'}" if target else ""
-        if method.name == "sslpm-sgd":
-            steps = method.inner_steps[a.warmup:]
-            mark = f"(expected slower; inner predictor steps per step: mean {sum(steps) / len(steps):.1f})"
-        dims = [layer.out_features for layer in method.model.projector.modules() if isinstance(layer, torch.nn.Linear)]
-        spread = f"{min(times[method.name]):.2f}-{max(times[method.name]):.2f}"
-        print(f"{method.name:<12}{t:>9.3f}{spread:>13}{t / base:>9.2f}x   {'-'.join(map(str, dims)):<24}"
-              f"{type(method.optimizer).__name__:<10}{mark}")
-    adadim = next((m for m in methods if m.name == "adadim"), None)
-    if adadim and not a.no_alpha:
-        seconds = adadim.alpha_seconds(a)
+        if name == "sslpm-sgd":
+            mark = f"(expected slower; inner predictor steps per step: mean {rows[name]['predictor_steps']:.1f})"
+        model, optimizer = built[name]
+        dims = [layer.out_features for layer in model.projector.modules() if isinstance(layer, torch.nn.Linear)]
+        spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
+        print(f"{name:<12}{t:>9.3f}{spread:>13}{t / base:>9.2f}x   {'-'.join(map(str, dims)):<24}"
+              f"{type(optimizer).__name__:<10}{mark}")
+    if "adadim" in names and not a.no_alpha:
+        seconds, args = alpha_seconds(a, device)
         per_epoch = CIFAR10_TRAIN // a.batch_size
-        amortised = seconds / (adadim.args.alpha_every * per_epoch)
-        print(f"adadim alpha measurement ({adadim.args.alpha_batches} batches incl. augmentation): {seconds:.2f} s "
-              f"once every {adadim.args.alpha_every} epochs = {amortised * 1e3:.1f} ms per step of a CIFAR-10 "
+        amortised = seconds / (args.alpha_every * per_epoch)
+        print(f"adadim alpha measurement ({args.alpha_batches} batches incl. augmentation): {seconds:.2f} s "
+              f"once every {args.alpha_every} epochs = {amortised * 1e3:.1f} ms per step of a CIFAR-10 "
               f"run ({per_epoch} steps per epoch); with it adadim is "
               f"{(statistics.median(times['adadim']) + amortised) / base:.2f}x VICReg")
 

@@ -55,7 +55,7 @@ def make(setting, data):
 def train_step(model, optimizer, probe, x1, x2, labels, temperature):
     h1, z1 = model(x1)
     _, z2 = model(x2)
-    loss = simclr.nt_xent_loss(z1, z2, temperature)
+    loss, _ = simclr.nt_xent_loss(z1, z2, temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

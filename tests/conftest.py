@@ -39,17 +39,45 @@ def read_log(run_dir):
     return [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
 
 
-def assert_resume_is_exact(script, args, tmp_path):
-    """Runs `script args` straight, and split (--stop-after 1, then --resume); the model and probe
-    weights and the logs (timing aside) must be equal. Returns both checkpoints for method checks."""
-    run_script(script, *args, "--out", tmp_path, "--name", "straight")
-    run_script(script, *args, "--out", tmp_path, "--name", "split", "--stop-after", "1")
-    assert not (tmp_path / "split" / "results.json").exists()
-    run_script(script, "--resume", tmp_path / "split")
-    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "split"))
-    for key, value in a["state"]["model"].items():
-        assert torch.equal(value, b["state"]["model"][key]), key
-    assert torch.equal(a["state"]["probe"]["linear"]["weight"], b["state"]["probe"]["linear"]["weight"])
-    strip = lambda log: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_sec")} for row in log]
-    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
+def flatten(obj, prefix=""):
+    """A nested state (dicts, lists, tuples) as {"a.b.0": leaf}."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in flatten(value, f"{prefix}{i}.").items()}
+    return {prefix: obj}
+
+
+def run_straight_and_split(script, args, out):
+    """Runs `script args` straight (out/straight), and split (out/split: --stop-after 1, then --resume)."""
+    run_script(script, *args, "--out", out, "--name", "straight")
+    run_script(script, *args, "--out", out, "--name", "split", "--stop-after", "1")
+    assert not (out / "split" / "results.json").exists()
+    run_script(script, "--resume", out / "split")
+
+
+def assert_same_runs(a_dir, b_dir):
+    """Every part of the two runs' last.pt state is equal (model, optimizer, probe, and what a method adds:
+    CorInfoMax's running estimates, SSLPM-SGD's predictor, AdaDim's alpha and momentum encoder), and so are
+    their logs and results (timing aside). Returns both checkpoints for method checks."""
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (a_dir, b_dir))
+    assert a["epoch"] == b["epoch"] and set(a["state"]) == set(b["state"])
+    for part in a["state"]:
+        flat_a, flat_b = flatten(a["state"][part]), flatten(b["state"][part])
+        assert flat_a.keys() == flat_b.keys(), part
+        for key, value in flat_a.items():
+            same = torch.equal(value, flat_b[key]) if torch.is_tensor(value) else value == flat_b[key]
+            assert same, (part, key)
+    timing = ("seconds", "images_per_sec")
+    strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]
+    assert strip(read_log(a_dir)) == strip(read_log(b_dir))
+    results = strip([json.load(open(d / "results.json")) for d in (a_dir, b_dir)])
+    assert results[0] == results[1]
     return a, b
+
+
+def assert_resume_is_exact(script, args, tmp_path):
+    """Runs `script args` straight, and split (--stop-after 1, then --resume): the same run (assert_same_runs),
+    for every method. Returns both checkpoints for method checks."""
+    run_straight_and_split(script, args, tmp_path)
+    return assert_same_runs(tmp_path / "straight", tmp_path / "split")

@@ -71,7 +71,8 @@ def test_barlow_flags_and_recipes():
     args = barlow.get_args(["--dataset", "cifar10", "--scale-loss", "1"])
     assert (args.scale_loss, args.lambd, args.optimizer, args.lr, args.proj_dim, args.policy) == (
         1.0, 0.0051, "lars", 0.3, 2048, "asymmetric")
-    for bad in (["--scale-loss", "0"], ["--lambd", "-0.1"], ["--lambd", "inf"]):
+    assert barlow.get_args(["--lambda", "0.1"]).lambd == barlow.get_args(["--lambd", "0.1"]).lambd == 0.1
+    for bad in (["--scale-loss", "0"], ["--lambd", "-0.1"], ["--lambd", "inf"], ["--lambda", "nan"]):
         with pytest.raises(SystemExit):
             barlow.get_args(bad)
 

@@ -21,6 +21,15 @@ def test_epoch_benchmark_runs_every_method_on_the_cpu(tmp_path):
     assert "s/epoch" in result.stdout and "images/s" in result.stdout
 
 
+def test_step_benchmark_times_the_methods_own_main_on_the_cpu():
+    result = run_script("benchmarks/step.py", "--device", "cpu", "--width", "2", "--batch-size", "64", "--image-size",
+                        "16", "--steps", "1", "--warmup", "0", "--threads", "1", "--methods", "corinfomax", "--no-alpha")
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"vicreg", "corinfomax"}  # VICReg, the baseline, always runs
+    assert rows["corinfomax"][4:6] == ["2048-2048-64", "SGD"]  # what its main() built from its CIFAR-10 recipe
+    assert float(rows["vicreg"][1]) > 0 and rows["vicreg"][3] == "1.00x"
+
+
 @pytest.mark.parametrize("busy,expected", [(0, 2), (1, 1), (2, 1), (5, 1)])
 def test_default_threads_leave_the_busy_cores_alone(monkeypatch, busy, expected):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

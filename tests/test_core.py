@@ -1,4 +1,5 @@
-"""Loader, backbones, projector, LARS, schedule and kNN against hand computations."""
+"""Loader, backbones, projector, LARS, schedule, kNN, shapes, image folders and the gather, against hand
+computations."""
 import math
 import os
 
@@ -9,7 +10,7 @@ import torch.nn as nn
 import common
 
 
-# ------------------------------------------------------------------------------------ loader
+# ------------------------------------------------------------------------------------------- loader
 def test_loader_every_index_once_per_epoch_and_drop_last():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
     labels = torch.arange(10)
@@ -34,7 +35,7 @@ def test_loader_rejects_batch_larger_than_dataset():
         common.Loader(torch.zeros(5, 3, 2, 2, dtype=torch.uint8), torch.arange(5), 8, torch.device("cpu"))
 
 
-# --------------------------------------------------------------------------------- backbones
+# -------------------------------------------------------------------------- backbones and projector
 @pytest.mark.parametrize("arch,width,size,dim", [("resnet18", 64, 32, 512), ("resnet18", 8, 32, 64),
                                                  ("resnet50", 64, 32, 2048), ("resnet50", 4, 32, 128),
                                                  ("resnet18", 8, 64, 64), ("resnet18", 4, 96, 32)])
@@ -82,7 +83,7 @@ def test_projector_layers():
     assert out.shape == (5, 8) and torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-6)
 
 
-# ---------------------------------------------------------------------------------- optimiser
+# --------------------------------------------------------------------------- optimiser and schedule
 def test_lars_one_step_by_hand():
     w = nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
     b = nn.Parameter(torch.tensor([1.0]))
@@ -106,6 +107,17 @@ def test_lars_one_step_by_hand():
     buf = [momentum * trust * u[k] + trust2 * u2[k] for k in range(2)]
     assert torch.allclose(w.data, w_before - lr * torch.tensor([buf]), atol=1e-7)
     assert torch.allclose(b.data, torch.tensor([1.0 - lr * 0.5 - lr * momentum * 0.5]))
+
+
+def test_lars_clip_caps_the_step_at_lr():
+    # clip (solo-learn clip_lr): step = min(eta * ||w|| / ||u||, lr) * u
+    for lr, grad in ((0.1, [[100.0, 0.0]]), (0.1, [[1e-3, 0.0]])):
+        w = nn.Parameter(torch.tensor([[3.0, 4.0]]))
+        w.grad = torch.tensor(grad)
+        common.LARS([w], lr=lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=True).step()
+        g = grad[0][0]
+        step = min(0.02 * 5 / g, lr) * g
+        assert torch.allclose(w.data, torch.tensor([[3.0 - step, 4.0]]), atol=1e-7)
 
 
 def test_make_optimizer_excludes_biases_and_norms():
@@ -133,7 +145,7 @@ def test_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
-# ---------------------------------------------------------------------------------------- kNN
+# ---------------------------------------------------------------------------------------------- kNN
 def test_knn_matches_explicit_loop():
     torch.manual_seed(0)
     train_f, test_f = torch.randn(60, 5), torch.randn(25, 5)
@@ -157,7 +169,7 @@ def test_knn_perfect_on_separated_clusters():
     assert common.knn_accuracy(train_f, train_y, test_f, test_y, 3, k=200) == 1.0
 
 
-# ------------------------------------------------------------------------------------- shapes
+# ------------------------------------------------------------------------------------------- shapes
 def test_shapes_deterministic_balanced_and_varied():
     x, y = common.make_shapes(200, 32, seed=3)
     x2, y2 = common.make_shapes(200, 32, seed=3)
@@ -175,23 +187,7 @@ def test_shapes_deterministic_balanced_and_varied():
     assert common.make_shapes(10, 64, seed=0)[0].shape == (10, 3, 64, 64)
 
 
-def test_lars_clip_caps_the_step_at_lr():
-    # clip (solo-learn clip_lr): step = min(eta * ||w|| / ||u||, lr) * u
-    for lr, grad in ((0.1, [[100.0, 0.0]]), (0.1, [[1e-3, 0.0]])):
-        w = nn.Parameter(torch.tensor([[3.0, 4.0]]))
-        w.grad = torch.tensor(grad)
-        common.LARS([w], lr=lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=True).step()
-        g = grad[0][0]
-        step = min(0.02 * 5 / g, lr) * g
-        assert torch.allclose(w.data, torch.tensor([[3.0 - step, 4.0]]), atol=1e-7)
-
-
-def test_gather_is_the_identity_on_one_process():
-    x = torch.randn(4, 3, requires_grad=True)
-    y = common.gather(x)
-    assert y is x  # no process group: losses see the local batch, gradients untouched
-
-
+# ------------------------------------------------------------------------------------ image folders
 def test_imagefolder_is_decoded_resized_and_cached(tmp_path):
     import argparse
 
@@ -210,3 +206,10 @@ def test_imagefolder_is_decoded_resized_and_cached(tmp_path):
     assert (tmp_path / "cache-16px.pt").exists()
     again = common.load_data(args)  # from the cache
     assert torch.equal(again.train_x, data.train_x) and torch.equal(again.test_y, data.test_y)
+
+
+# -------------------------------------------------------------------------------- several processes
+def test_gather_is_the_identity_on_one_process():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = common.gather(x)
+    assert y is x  # no process group: losses see the local batch, gradients untouched

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY, read_log, run_script
+from conftest import TINY, assert_resume_is_exact, read_log, run_script
 
 import corinfomax
 import simclr
@@ -168,25 +168,30 @@ def test_ldmi_equals_gaussian_mutual_information_of_a_joint_covariance():
 # ----------------------------------------------------------------------------- recipes and model
 def test_paper_recipes_resolve_from_the_dataset_alone():
     a = corinfomax.get_args(["--dataset", "cifar100"])
-    assert (a.alpha, a.projector, a.batch_size, a.optimizer, a.lr, a.weight_decay) == (1000, "4096-4096-128", 512, "sgd", 0.5, 1e-4)
+    assert (a.alpha, a.batch_size, a.optimizer, a.lr, a.weight_decay) == (1000, 512, "sgd", 0.5, 1e-4)
+    assert (a.proj_layers, a.proj_hidden, a.proj_dim) == (3, 4096, 128)  # 4096-4096-128
     assert (a.warmup_epochs, a.warmup_lr, a.min_lr, a.epochs, a.policy) == (10, 0.003, 1e-6, 1000, "asymmetric")
     assert (a.la_R, a.la_mu, a.eps, a.arch, a.width) == (0.01, 0.01, 1e-8, "resnet18", 64)
     b = corinfomax.get_args(["--dataset", "cifar10"])
-    assert (b.alpha, b.projector, b.batch_size, b.lr, b.epochs) == (250, "2048-2048-64", 512, 0.5, 1000)
+    assert (b.alpha, b.proj_layers, b.proj_hidden, b.proj_dim, b.batch_size, b.lr, b.epochs) == (
+        250, 3, 2048, 64, 512, 0.5, 1000)
     c = corinfomax.get_args(["--dataset", "imagefolder", "--la-R", "0.1", "--la-mu", "0.1"])
-    assert (c.alpha, c.projector, c.la_R, c.la_mu) == (500, "4096-4096-128", 0.1, 0.1)
+    assert (c.alpha, c.proj_hidden, c.proj_dim, c.la_R, c.la_mu) == (500, 4096, 128, 0.1, 0.1)
     assert corinfomax.get_args(["--dataset", "cifar100", "--alpha", "500"]).alpha == 500  # flags win
 
 
 @pytest.mark.parametrize("flag,value", [("--la-R", "1"), ("--la-mu", "-0.1"), ("--alpha", "0"),
-                                        ("--projector", "64-x"), ("--projector", "64-0"), ("--eps", "nan")])
+                                        ("--projector", "64-x"), ("--projector", "64-0"), ("--projector", "64-32-8"),
+                                        ("--proj-dim", "0"), ("--eps", "nan")])
 def test_bad_flags_are_refused(flag, value):
     with pytest.raises(SystemExit):
         corinfomax.get_args([flag, value])
 
 
-def test_projector_has_no_batchnorm_no_last_bias_and_unit_outputs():
-    args = corinfomax.get_args(["--width", "4", "--projector", "16-16-8"])
+@pytest.mark.parametrize("flags", [["--proj-layers", "3", "--proj-hidden", "16", "--proj-dim", "8"],
+                                   ["--projector", "16-16-8"]])  # and the old spelling
+def test_projector_has_no_batchnorm_no_last_bias_and_unit_outputs(flags):
+    args = corinfomax.get_args(["--width", "4", *flags])
     args.image_size = 16
     model = corinfomax.Model(args)
     linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
@@ -220,7 +225,7 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
     results = json.load(open(d / "results.json"))
     eigenvalues = results["eigenvalues_R1"]
     args = json.load(open(d / "args.json"))
-    assert len(eigenvalues) == int(args["projector"].split("-")[-1]) and eigenvalues == sorted(eigenvalues, reverse=True)
+    assert len(eigenvalues) == args["proj_dim"] and eigenvalues == sorted(eigenvalues, reverse=True)
     ckpt = torch.load(d / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 10 and {"model", "optimizer", "probe", "loss"} <= set(ckpt["state"])
     R1 = ckpt["state"]["loss"]["R1"]
@@ -232,25 +237,11 @@ def test_end_to_end_writes_the_run_folder(recipe_run):
 def test_resume_is_exact_including_the_loss_state(tmp_path):
     """A run stopped after epoch 1 and resumed ends with the same weights, R1, R2, mu1, mu2 (and R12)
     and the same log as an uninterrupted one."""
-    common_args = [*TINY, "--epochs", "3", "--out", tmp_path]
-    run_script("corinfomax.py", *common_args, "--name", "straight")
-    run_script("corinfomax.py", *common_args, "--name", "split", "--stop-after", "1")
-    assert not (tmp_path / "split" / "results.json").exists()
-    run_script("corinfomax.py", "--resume", tmp_path / "split")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    for key, value in a["state"]["model"].items():
-        assert torch.equal(value, b["state"]["model"][key]), key
+    a, _ = assert_resume_is_exact("corinfomax.py", [*TINY, "--epochs", "3"], tmp_path)  # results.json too
     assert set(a["state"]["loss"]) == {"R1", "R2", "mu1", "mu2", "R12"}
     for key, value in a["state"]["loss"].items():
         assert not torch.equal(value, torch.eye(len(value), dtype=value.dtype)) and value.any(), key  # it moved
-        assert torch.equal(value, b["state"]["loss"][key]), key
-    assert torch.equal(a["state"]["probe"]["linear"]["weight"], b["state"]["probe"]["linear"]["weight"])
-    timing = {"seconds", "images_per_sec"}
-    strip = lambda log: [{k: v for k, v in row.items() if k not in timing} for row in log]
-    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
-    ra, rb = (json.load(open(tmp_path / n / "results.json")) for n in ("straight", "split"))
-    assert ra["knn_acc"] == rb["knn_acc"] and ra["eigenvalues_R1"] == rb["eigenvalues_R1"]
+    assert "eigenvalues_R1" in json.load(open(tmp_path / "split" / "results.json"))
 
 
 LEARN_MIN_MARGIN = 0.045  # about half the smallest kNN margin over seeds 0-2 in README Results

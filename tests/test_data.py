@@ -1,6 +1,7 @@
 """Image folders as users have them: every mode and bit depth PIL writes, every extension the listing
-accepts, class sets that differ between train/ and val/, hidden and empty folders, random subsets, and a
-cache that follows the folder. Images are made here with PIL and numpy; nothing is committed."""
+accepts, class sets that differ between train/ and val/, hidden and empty folders, random subsets, a
+cache that follows the folder, a memory check, and what load_data and args.json record. Images are made
+here with PIL and numpy; nothing is committed."""
 import os
 import struct
 import zlib
@@ -29,7 +30,7 @@ RNG = np.random.default_rng(0)
 TRUTH = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # an 8 x 8 RGB image: decoded at 8 px, no resize
 
 
-# ------------------------------------------------------------------ every mode, every bit depth
+# ---------------------------------------------------------------------- every mode, every bit depth
 def expected_grey(values):
     return np.repeat(np.asarray(values)[..., None], 3, axis=2)
 
@@ -104,7 +105,7 @@ def test_a_folder_of_16_bit_and_8_bit_images_trains_on_0_255_values(tmp_path):
     assert sixteen and all(train[0][i].max().item() == round(40000 / 257) for i in sixteen)
 
 
-# ------------------------------------------------------------------ every listed extension decodes
+# ------------------------------------------------------------------- every listed extension decodes
 FORMATS = {".jpg": ("JPEG", 20), ".jpeg": ("JPEG", 20), ".png": ("PNG", 0), ".ppm": ("PPM", 0), ".bmp": ("BMP", 0),
            ".pgm": ("PPM", 0), ".tif": ("TIFF", 0), ".tiff": ("TIFF", 0), ".webp": ("WEBP", 0), ".gif": ("GIF", 0)}
 
@@ -123,7 +124,7 @@ def test_every_extension_the_listing_accepts_decodes(ext, tmp_path):
     assert np.abs(decoded(path) - expected).max() <= tolerance
 
 
-# ------------------------------------------------------------------ class sets, hidden and empty folders
+# ------------------------------------------------------------- class sets, hidden and empty folders
 def folder(root, layout, size=(12, 10)):
     """layout: {"train/cats": 3, ...} -> that many random images per folder."""
     for sub, n in layout.items():
@@ -193,7 +194,7 @@ def test_non_images_and_broken_files_are_named(tmp_path, capsys):
     assert "broken.jpg" in err
 
 
-# ------------------------------------------------------------------ subsets
+# ------------------------------------------------------------------------------------------ subsets
 def test_subsets_are_seeded_random_samples_of_every_class(tmp_path, capsys):
     root = folder(tmp_path, {**{f"train/c{k}": 30 for k in range(4)}, **{f"val/c{k}": 2 for k in range(4)}})
     (train, _, _, summary), _ = load(root, capsys, subset=30)
@@ -217,7 +218,7 @@ def test_a_borrowed_recipe_does_not_cut_the_users_folder(capsys):
     assert simclr.get_args(["--train-subset", "0"]).train_subset == 0  # 0: every image
 
 
-# ------------------------------------------------------------------ the cache follows the folder
+# --------------------------------------------------------------------- the cache follows the folder
 def test_the_cache_is_used_only_for_the_folder_it_was_made_from(tmp_path, capsys):
     root = folder(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
     (_, _, _, summary), _ = load(root, capsys)
@@ -240,6 +241,7 @@ def test_the_cache_is_used_only_for_the_folder_it_was_made_from(tmp_path, capsys
     assert names == ["a", "b", "c"] and "made" in summary
 
 
+# ----------------------------------------------------- memory: a folder too large for it is refused
 def test_memory_check_refuses_an_oversized_request_in_one_line(tmp_path, monkeypatch):
     root = folder(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
     monkeypatch.setattr(common, "available_memory", lambda: 8 * 3 * 64 * 64)  # room for 6 images of 64 px
@@ -253,6 +255,7 @@ def test_memory_check_refuses_an_oversized_request_in_one_line(tmp_path, monkeyp
     common.load_imagefolder(root, fits)  # the size it suggests does load
 
 
+# ------------------------------------------------------ what load_data gives and what a run records
 def test_data_keeps_the_class_names_and_a_fixed_random_tracking_sample():
     x, y = torch.zeros(3000, 3, 8, 8, dtype=torch.uint8), torch.arange(3000) % 7
     data = common.Data((x, y), (x, y), (torch.arange(3000).view(-1, 1, 1, 1).expand(-1, 3, 8, 8), y),

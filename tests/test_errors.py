@@ -1,5 +1,6 @@
 """Bad input: one clear line on stderr naming the flag and what is allowed, a non-zero exit, and an
-existing last.pt never overwritten."""
+existing last.pt never overwritten. Sections: 1. bad input, 2. what is on disk, 3. non-finite values,
+4. signals, 5. fuzzing the command line, 6. --help, 7. progress when the output is piped."""
 import hashlib
 import os
 
@@ -11,6 +12,7 @@ from conftest import TINY
 ONE_EPOCH = [*TINY, "--train-subset", "128", "--epochs", "1", "--warmup-epochs", "0"]
 
 
+# -------------------------------------- 1. bad input: one line that names the flag, nothing written
 def one_line_error(result, *needles):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -55,6 +57,7 @@ def test_batch_larger_than_dataset(run, tmp_path):
     one_line_error(result, "--batch-size 512", "128 images")
 
 
+# ----------------------------------------------------------------- 2. what is on disk is never lost
 def digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -78,20 +81,6 @@ def test_corrupt_checkpoint(run, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a full disk
     before = digest(ckpt)
     one_line_error(run("simclr.py", "--resume", tmp_path / "r", check=False), "--resume", "corrupt")
-    assert digest(ckpt) == before
-
-
-def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
-    run("simclr.py", *ONE_EPOCH, "--epochs", "2", "--stop-after", "1", "--out", tmp_path, "--name", "r")
-    ckpt = tmp_path / "r" / "last.pt"
-    before = digest(ckpt)
-    # epoch 2 with an absurd learning rate: written into the saved args to keep the resume honest
-    import json
-    args = json.load(open(tmp_path / "r" / "args.json"))
-    args["lr"] = 1e30
-    json.dump(args, open(tmp_path / "r" / "args.json", "w"))
-    result = run("simclr.py", "--resume", tmp_path / "r", check=False)
-    one_line_error(result, "epoch 2", "nan", f"{tmp_path / 'r' / 'last.pt'} holds epoch 1", "--lr")
     assert digest(ckpt) == before
 
 
@@ -148,6 +137,90 @@ def test_resume_of_a_finished_run_says_so(run, tmp_path):
     assert digest(tmp_path / "r" / "last.pt") == before
 
 
+# ------------------------------------------------------------ 3. nothing non-finite is ever written
+def test_nan_loss_stops_without_touching_the_checkpoint(run, tmp_path):
+    run("simclr.py", *ONE_EPOCH, "--epochs", "2", "--stop-after", "1", "--out", tmp_path, "--name", "r")
+    ckpt = tmp_path / "r" / "last.pt"
+    before = digest(ckpt)
+    # epoch 2 with an absurd learning rate: written into the saved args to keep the resume honest
+    import json
+    args = json.load(open(tmp_path / "r" / "args.json"))
+    args["lr"] = 1e30
+    json.dump(args, open(tmp_path / "r" / "args.json", "w"))
+    result = run("simclr.py", "--resume", tmp_path / "r", check=False)
+    one_line_error(result, "epoch 2", "nan", f"{tmp_path / 'r' / 'last.pt'} holds epoch 1", "--lr")
+    assert digest(ckpt) == before
+
+
+def test_weights_broken_by_the_last_update_of_an_epoch_are_not_saved(run, tmp_path):
+    """The reported case: epoch 1's mean loss is finite, but its last updates made weights and optimizer
+    state NaN. Nothing of the epoch is saved, and the message says that no checkpoint exists."""
+    flags = ["--width", "4", "--image-size", "16", "--train-subset", "256", "--batch-size", "64", "--epochs", "4",
+             "--warmup-epochs", "0", "--optimizer", "sgd", "--lr", "0.3", "--device", "cpu", "--out", tmp_path,
+             "--name", "r"]
+    result = run("vicreg.py", *flags, check=False)
+    one_line_error(result, "epoch 1", "not finite", "model:", "optimizer:", "no checkpoint was written", "--lr")
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+class State:  # an object with a state_dict, as main() puts in its `state`
+    def __init__(self, values):
+        self.values = values
+
+    def state_dict(self):
+        return self.values
+
+
+@pytest.mark.parametrize("part,values,needle", [
+    ("model", {"w": torch.tensor([1.0, float("nan")]), "steps": torch.tensor(3)}, "model: 1 of 2 values (e.g. w)"),
+    ("optimizer", {"state": {0: {"momentum_buffer": torch.tensor([float("inf")])}}, "param_groups": [{"lr": 0.1}]},
+     "optimizer: 1 of 2 values (e.g. state.0.momentum_buffer)"),
+    ("loss", {"R1": torch.eye(2, dtype=torch.float64) * float("nan")}, "loss: 1 of 1 values (e.g. R1)"),
+    ("alpha", {"alpha": float("nan"), "beta": 0.0}, "alpha: 1 of 2 values (e.g. alpha)"),
+])
+def test_every_part_of_the_state_is_checked_and_the_message_says_what_is_on_disk(tmp_path, part, values, needle):
+    import argparse
+
+    import common
+    import signal
+    args = argparse.Namespace(out=str(tmp_path), name="r", resume=None, epochs=5, batch_size=8, lr=0.3)
+    handler = signal.getsignal(signal.SIGINT)
+    run = common.Run(args, __file__, torch.device("cpu"))
+    signal.signal(signal.SIGINT, handler)
+    os.makedirs(run.dir, exist_ok=True)  # Run claimed it: made it, with its .lock
+    good = {"model": State({"w": torch.ones(2)})}
+    row = {"epoch": 1, "loss": 1.0}
+    run.check_finite(row, good)  # finite: nothing happens
+    with pytest.raises(SystemExit) as e:
+        run.check_finite(row, {**good, part: State(values)})
+    assert needle in str(e.value) and "no checkpoint was written" in str(e.value)
+    run.save(1, good)
+    with pytest.raises(SystemExit) as e:
+        run.check_finite({"epoch": 2, "loss": float("nan")}, good)
+    assert "loss = nan" in str(e.value) and f"{tmp_path / 'r' / 'last.pt'} holds epoch 1" in str(e.value)
+
+
+def test_metrics_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
+    import metrics
+    run_dir = tmp_path / "r"
+    import simclr
+    import signal
+    handler, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
+    try:
+        simclr.main([*ONE_EPOCH, "--width", "2", "--train-subset", "64", "--batch-size", "32", "--out", str(tmp_path),
+                     "--name", "r"])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        torch.set_num_threads(threads)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    ckpt["state"]["model"]["backbone.conv1.weight"][0] = float("nan")
+    torch.save(ckpt, run_dir / "nan.pt")
+    with pytest.raises(SystemExit) as e:
+        metrics.main([str(run_dir / "nan.pt"), "--nlr-steps", "0"])
+    assert "non-finite weights" in str(e.value) and "backbone.conv1.weight" in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------- 4. signals: Ctrl-C and SIGKILL
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     import signal
     import subprocess
@@ -173,6 +246,36 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     run_script("simclr.py", "--resume", tmp_path / "r")
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"] == 20
     assert (tmp_path / "r" / "results.json").exists()
+
+
+def test_ctrl_c_while_the_data_loads_is_one_line(tmp_path):
+    """SIGINT during the decoding of an image folder: one line on stderr, no traceback, no cache left."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from PIL import Image
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / c)
+            for i in range(20):
+                Image.new("RGB", (12, 12), (i, 2 * i, 3 * i)).save(tmp_path / "data" / split / c / f"{i}.png")
+    slow = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import common, simclr\n"
+            "decode = common.decode_image\n"
+            "common.decode_image = lambda *a: (time.sleep(0.2), decode(*a))[1]\n"
+            "common.PROGRESS_SECONDS = 0\n"
+            f"simclr.main(['--dataset', 'imagefolder', '--data-dir', {str(tmp_path / 'data')!r}, '--recipe', 'shapes',"
+            f" '--threads', '1', '--out', {str(tmp_path / 'runs')!r}, '--name', 'r'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    while "decoding" not in proc.stdout.readline():  # the progress lines of the decoding have started
+        assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.strip().splitlines() == ["error: interrupted (Ctrl-C); no checkpoint was "
+                                                               "written, nothing to resume"], err
+    assert not [f for f in os.listdir(tmp_path / "data") if f.startswith("cache")]
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
@@ -222,6 +325,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(run, tmp_path):
     assert not [f for f in os.listdir(d) if ".tmp" in f]
 
 
+# ---------------------------------------------------------------------- 5. fuzzing the command line
 # Every numeric flag of the shared parser with values it must refuse (exit 2, one line naming the flag).
 REFUSED = {
     "--image-size": ["0", "7", "nan", "16.5", "x"], "--train-subset": ["-1", "-3", "inf"],
@@ -309,88 +413,19 @@ def test_cli_fuzz(tmp_path, capsys):
     assert digest(tmp_path / "kept" / "last.pt") == kept
 
 
-# ------------------------------------------------------------------ nothing non-finite is ever written
-def test_weights_broken_by_the_last_update_of_an_epoch_are_not_saved(run, tmp_path):
-    """The reported case: epoch 1's mean loss is finite, but its last updates made weights and optimizer
-    state NaN. Nothing of the epoch is saved, and the message says that no checkpoint exists."""
-    flags = ["--width", "4", "--image-size", "16", "--train-subset", "256", "--batch-size", "64", "--epochs", "4",
-             "--warmup-epochs", "0", "--optimizer", "sgd", "--lr", "0.3", "--device", "cpu", "--out", tmp_path,
-             "--name", "r"]
-    result = run("vicreg.py", *flags, check=False)
-    one_line_error(result, "epoch 1", "not finite", "model:", "optimizer:", "no checkpoint was written", "--lr")
-    assert not (tmp_path / "r" / "last.pt").exists()
-
-
-class State:  # an object with a state_dict, as main() puts in its `state`
-    def __init__(self, values):
-        self.values = values
-
-    def state_dict(self):
-        return self.values
-
-
-@pytest.mark.parametrize("part,values,needle", [
-    ("model", {"w": torch.tensor([1.0, float("nan")]), "steps": torch.tensor(3)}, "model: 1 of 2 values (e.g. w)"),
-    ("optimizer", {"state": {0: {"momentum_buffer": torch.tensor([float("inf")])}}, "param_groups": [{"lr": 0.1}]},
-     "optimizer: 1 of 2 values (e.g. state.0.momentum_buffer)"),
-    ("loss", {"R1": torch.eye(2, dtype=torch.float64) * float("nan")}, "loss: 1 of 1 values (e.g. R1)"),
-    ("alpha", {"alpha": float("nan"), "beta": 0.0}, "alpha: 1 of 2 values (e.g. alpha)"),
-])
-def test_every_part_of_the_state_is_checked_and_the_message_says_what_is_on_disk(tmp_path, part, values, needle):
-    import argparse
-
-    import common
-    import signal
-    args = argparse.Namespace(out=str(tmp_path), name="r", resume=None, epochs=5, batch_size=8, lr=0.3)
-    handler = signal.getsignal(signal.SIGINT)
-    run = common.Run(args, __file__, torch.device("cpu"))
-    signal.signal(signal.SIGINT, handler)
-    os.makedirs(run.dir, exist_ok=True)  # Run claimed it: made it, with its .lock
-    good = {"model": State({"w": torch.ones(2)})}
-    row = {"epoch": 1, "loss": 1.0}
-    run.check_finite(row, good)  # finite: nothing happens
-    with pytest.raises(SystemExit) as e:
-        run.check_finite(row, {**good, part: State(values)})
-    assert needle in str(e.value) and "no checkpoint was written" in str(e.value)
-    run.save(1, good)
-    with pytest.raises(SystemExit) as e:
-        run.check_finite({"epoch": 2, "loss": float("nan")}, good)
-    assert "loss = nan" in str(e.value) and f"{tmp_path / 'r' / 'last.pt'} holds epoch 1" in str(e.value)
-
-
-def test_metrics_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
-    import metrics
-    run_dir = tmp_path / "r"
-    import simclr
-    import signal
-    handler, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
-    try:
-        simclr.main([*ONE_EPOCH, "--width", "2", "--train-subset", "64", "--batch-size", "32", "--out", str(tmp_path),
-                     "--name", "r"])
-    finally:
-        signal.signal(signal.SIGINT, handler)
-        torch.set_num_threads(threads)
-    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
-    ckpt["state"]["model"]["backbone.conv1.weight"][0] = float("nan")
-    torch.save(ckpt, run_dir / "nan.pt")
-    with pytest.raises(SystemExit) as e:
-        metrics.main([str(run_dir / "nan.pt"), "--nlr-steps", "0"])
-    assert "non-finite weights" in str(e.value) and "backbone.conv1.weight" in str(e.value) and "\n" not in str(e.value)
-
-
-# ------------------------------------------------------------------ what a newcomer trips on
+# ---------------------------------------------------------------------------------------- 6. --help
 def test_help_shows_every_flag_with_its_default(run):
     out = run("simclr.py", "--help").stdout
     options = out.split("\noptions:")[1]  # past the usage block
     lr = " ".join(options.split("\n  --lr ")[1].split("\n  --")[0].split())
-    assert "(default: 0.4)" in lr  # the method's value, RECIPES['all']
-    assert "shapes: image_size=16" in out.replace("\n", " ").replace("  ", " ")  # each dataset's recipe
+    assert "(default: 0.4; shapes: 0.002" in lr  # the method's value, RECIPES['all'], then each dataset's
     for flag in ("--dataset", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--policy", "--arch",
                  "--weight-decay", "--threads"):
         line = options.split(f"\n  {flag} ", 1)[1].split("\n  --")[0]
         assert len(line.split()) > 2, flag  # a help text, not just the flag
 
 
+# ------------------------------------------------------------- 7. progress when the output is piped
 def test_progress_lines_when_the_output_is_piped(tmp_path, capsys, monkeypatch):
     """With the output going to a file there is no progress bar, so a plain line appears every
     PROGRESS_SECONDS (0 here: every step) with the step count and the speed."""
@@ -408,33 +443,3 @@ def test_progress_lines_when_the_output_is_piped(tmp_path, capsys, monkeypatch):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "epoch 1/1: 1/4 steps" in out and "epoch 1/1: 3/4 steps" in out and "steps/s" in out
-
-
-def test_ctrl_c_while_the_data_loads_is_one_line(tmp_path):
-    """SIGINT during the decoding of an image folder: one line on stderr, no traceback, no cache left."""
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-    from PIL import Image
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            os.makedirs(tmp_path / "data" / split / c)
-            for i in range(20):
-                Image.new("RGB", (12, 12), (i, 2 * i, 3 * i)).save(tmp_path / "data" / split / c / f"{i}.png")
-    slow = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import common, simclr\n"
-            "decode = common.decode_image\n"
-            "common.decode_image = lambda *a: (time.sleep(0.2), decode(*a))[1]\n"
-            "common.PROGRESS_SECONDS = 0\n"
-            f"simclr.main(['--dataset', 'imagefolder', '--data-dir', {str(tmp_path / 'data')!r}, '--recipe', 'shapes',"
-            f" '--threads', '1', '--out', {str(tmp_path / 'runs')!r}, '--name', 'r'])\n")
-    proc = subprocess.Popen([sys.executable, "-c", slow], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    while "decoding" not in proc.stdout.readline():  # the progress lines of the decoding have started
-        assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and err.strip().splitlines() == ["error: interrupted (Ctrl-C); no checkpoint was "
-                                                               "written, nothing to resume"], err
-    assert not [f for f in os.listdir(tmp_path / "data") if f.startswith("cache")]

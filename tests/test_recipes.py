@@ -67,3 +67,81 @@ def test_simclr_recipes_resolve():
 def test_help_says_defaults_depend_on_the_dataset(run):
     out = run("simclr.py", "--help").stdout
     assert "Defaults depend on --dataset" in out and "RECIPES" in out
+
+
+# ------------------------------------------------------------------ one convention in the six method files
+METHODS = ["simclr", "vicreg", "barlow", "corinfomax", "sslpm", "adadim"]
+ALIASES = {"simclr": {"projector"}, "corinfomax": {"projector"}}  # old spellings, translated by get_args
+
+
+def method_parser(name, monkeypatch):
+    """The parser a method's get_args builds, as it is before parsing (the flags as declared)."""
+    import importlib
+    module, seen = importlib.import_module(name), {}
+    parse = common.parse_args
+
+    def capture(parser, argv=None):
+        seen["flags"] = {a.dest: a.default for g in parser._action_groups if "this file's" in (g.title or "")
+                         for a in g._group_actions}
+        seen["parser"] = parser
+        return parse(parser, argv)
+    monkeypatch.setattr(common, "parse_args", capture)
+    module.get_args([])
+    return module, seen["parser"], seen["flags"]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_methods_values_live_only_in_its_recipes(name, monkeypatch, capsys):
+    """Every flag of a method file is declared without a default; its value comes from RECIPES (sslpm's
+    --lambda: from its LAMBDA table), so that it is written in one place."""
+    module, parser, flags = method_parser(name, monkeypatch)
+    assert flags and all(default is None for default in flags.values()), flags
+    for dataset in [d for d in module.RECIPES if d != "all"]:
+        args = module.get_args(["--dataset", dataset])
+        for dest in set(flags) - ALIASES.get(name, set()):
+            assert getattr(args, dest) is not None, (dataset, dest)
+        for alias in ALIASES.get(name, ()):
+            assert not hasattr(args, alias)  # translated to the one name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_help_shows_the_value_each_dataset_uses(name, monkeypatch, capsys):
+    module, parser, flags = method_parser(name, monkeypatch)
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.dest == "help" or (name, action.dest) == ("sslpm", "lambd"):  # lambd: sslpm.LAMBDA, its help
+            continue
+        shown = " ".join(parser.formatter_class("x")._get_help_string(action).split()) % vars(action)
+        base = module.RECIPES["all"].get(action.dest, action.default)
+        if base is not None and base is not False:
+            assert f"default: {base}" in shown, (action.dest, shown)
+        for dataset, recipe in module.RECIPES.items():
+            if dataset != "all" and action.dest in recipe and recipe[action.dest] != base:
+                assert f"{dataset}: {recipe[action.dest]}" in shown, (action.dest, dataset, shown)
+    assert "Defaults depend on --dataset" in text
+
+
+def test_barlow_help_says_the_scale_the_run_uses(capsys):
+    import barlow
+    with pytest.raises(SystemExit):
+        barlow.get_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    scale = out.split("--scale-loss SCALE_LOSS ")[1].split(" --")[0]
+    assert "(default: 0.1)" in scale and barlow.get_args(["--dataset", "cifar10"]).scale_loss == 0.1
+
+
+def test_one_name_for_one_concept():
+    import barlow
+    import corinfomax
+    import sslpm
+    # the lambda weights: --lambda in both files, --lambd (the official code's spelling) too
+    for module in (barlow, sslpm):
+        assert module.get_args(["--lambda", "0.25"]).lambd == module.get_args(["--lambd", "0.25"]).lambd == 0.25
+    # the projector: --proj-layers, --proj-hidden, --proj-dim wherever a file lets them vary
+    new = simclr.get_args(["--proj-layers", "1"])
+    assert new.proj_layers == simclr.get_args(["--projector", "linear"]).proj_layers == 1
+    old = corinfomax.get_args(["--projector", "64-64-16"])
+    assert (old.proj_layers, old.proj_hidden, old.proj_dim) == (3, 64, 16)
+    for name in METHODS:
+        args = __import__(name).get_args([])
+        assert args.proj_hidden > 0 and args.proj_dim > 0, name

@@ -10,11 +10,10 @@ import torch
 
 import common
 import sslpm
-from conftest import TINY, read_log, run_script
+from conftest import TINY, assert_resume_is_exact, read_log, run_script
 
 
-
-# ------------------------------------------------------------------------------------ the math
+# -------------------------------------------------------------------------------------- 1. the math
 def test_standardize_is_per_dimension_over_the_batch():
     torch.manual_seed(0)
     z = torch.randn(10, 4, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1, 30.0]) + 7
@@ -101,7 +100,8 @@ def test_sslpm_loss_combines_the_terms_with_official_scaling():
     torch.manual_seed(5)
     z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
     mask = sslpm.random_mask(32, 8, 0.5, "cpu")
-    loss, invariance, prediction = sslpm.sslpm_loss(z1, z2, mask, lambd=0.3, ridge=1.0)
+    loss, terms = sslpm.sslpm_loss(z1, z2, mask, lambd=0.3, ridge=1.0)
+    invariance, prediction = terms["invariance"], terms["prediction"]
     e = torch.cat([sslpm.standardize(z1), sslpm.standardize(z2)])
     assert invariance.item() == pytest.approx(sslpm.invariance_loss(z1, z2).item(), rel=1e-6)
     assert prediction.item() == pytest.approx(sslpm.ridge_predictability_loss(e, mask, 1.0).item(), rel=1e-6)
@@ -130,6 +130,18 @@ def test_ridge_gradient_flows_through_the_closed_form():
     assert (e2.grad - grad).abs().max() > 1e-4
 
 
+def test_masked_and_full_targets_give_the_same_loss_at_ridge_0():
+    """W_full = I + W_0 at mu = 0, and X W_full - X W_0 = X is 0 on the hidden entries: equal losses."""
+    torch.manual_seed(11)
+    e = sslpm.standardize(torch.randn(64, 6) @ torch.randn(6, 6)).double()
+    mask = sslpm.random_mask(64, 6, 0.5, "cpu")
+    full, masked = (sslpm.ridge_predictability_loss(e, mask, 0.0, t).item() for t in ("full", "masked"))
+    assert full == pytest.approx(masked, rel=1e-9)
+    full, masked = (sslpm.ridge_predictability_loss(e, mask, 5.0, t).item() for t in ("full", "masked"))
+    assert abs(full - masked) > 1e-6  # with a ridge they differ
+
+
+# ------------------------------------------------------------------------------------- 2. bad input
 def test_singular_ridge_system_raises_a_clear_error():
     torch.manual_seed(7)
     e = sslpm.standardize(torch.randn(8, 32))  # 8 rows, 32 dimensions: X^T X has rank <= 8
@@ -165,6 +177,7 @@ def test_bad_flag_values_are_refused(flag, value, capsys):
     assert exit_info.value.code == 2 and flag in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------- 3. the MLP predictor (SSLPM-SGD)
 def test_mlp_predictor_trains_on_detached_embeddings_and_is_frozen_for_the_encoder():
     torch.manual_seed(8)
     z = torch.randn(64, 8, requires_grad=True)
@@ -199,6 +212,7 @@ def test_mlp_early_stopping_and_state():
     assert other.optimizer.param_groups[0]["lr"] == predictor.optimizer.param_groups[0]["lr"]
 
 
+# ----------------------------------------------------------------------------- 4. recipes and model
 def test_lambda_defaults_per_variant_and_recipe():
     assert sslpm.get_args([]).lambd == sslpm.LAMBDA["shapes"]["ridge"]
     assert sslpm.get_args(["--dataset", "cifar10"]).lambd == 0.15
@@ -209,8 +223,34 @@ def test_lambda_defaults_per_variant_and_recipe():
     assert (args.lr, args.batch_size, args.proj_hidden, args.proj_dim, args.ridge) == (0.3, 256, 2048, 128, 0.0)
 
 
-# ------------------------------------------------------------------------------ end to end
+def test_sourced_recipes_hold_their_values():
+    """SSLPM paper appendix E and the official configs: SSLPM-SGD at batch 512 (lambda 64 for one layer,
+    0.5 for three), SSLPM-RR at 256 with lambda 0.15; ImageNet-100 (imagefolder): 400 epochs, lambda 0.125."""
+    sgd1 = sslpm.get_args(["--dataset", "cifar100", "--predictor", "mlp"])
+    sgd3 = sslpm.get_args(["--dataset", "cifar10", "--predictor", "mlp", "--predictor-layers", "3"])
+    rr = sslpm.get_args(["--dataset", "cifar100"])
+    assert (sgd1.batch_size, sgd1.lambd, sgd1.lr, sgd1.epochs) == (512, 64.0, 0.3, 1000)
+    assert (sgd3.batch_size, sgd3.lambd) == (512, 0.5) and (rr.batch_size, rr.lambd) == (256, 0.15)
+    assert sslpm.get_args(["--dataset", "cifar100", "--predictor", "mlp", "--batch-size", "128"]).batch_size == 128
+    assert sslpm.get_args(["--predictor", "mlp"]).batch_size == sslpm.RECIPES["shapes"]["batch_size"]  # CPU recipe
+    imagenet = sslpm.get_args(["--dataset", "imagefolder"])
+    assert (imagenet.epochs, imagenet.lambd) == (400, 0.125)
 
+
+@pytest.mark.parametrize("layers,kinds", [(0, ["Identity"]), (1, ["Linear"]), (2, ["Linear", "BatchNorm1d", "ReLU", "Linear"]),
+                                          (3, ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"])])
+def test_projector_depth(layers, kinds):
+    args = sslpm.get_args(["--width", "2", "--proj-layers", str(layers), "--proj-hidden", "8", "--proj-dim", "4",
+                           "--ridge", "1"])
+    args.image_size = 16
+    model = sslpm.Model(args)
+    modules = [type(m).__name__ for m in model.projector] if layers else [type(model.projector).__name__]
+    assert modules == kinds
+    h, z = model(torch.randn(6, 3, 16, 16))
+    assert z.shape == (6, model.dim) and model.dim == (16 if layers == 0 else 4)  # 0: the backbone's 8 * width
+
+
+# ------------------------------------------------------------------------------------ 5. end to end
 LEARN_MIN_MARGIN = 0.038  # about half the smallest kNN margin over seeds 0-2 in README Results
 
 
@@ -244,32 +284,10 @@ def test_ridge_variant_learns_on_shapes(recipe_run):
 
 @pytest.mark.parametrize("variant", [["--predictor", "ridge"], ["--predictor", "mlp", "--predictor-steps", "3"]])
 def test_resume_is_exact(tmp_path, variant):
-    args = [*TINY, *variant, "--epochs", "3", "--out", tmp_path]
-    run_script("sslpm.py", *args, "--name", "straight")
-    run_script("sslpm.py", *args, "--name", "split", "--stop-after", "1")
-    assert not (tmp_path / "split" / "results.json").exists()
-    run_script("sslpm.py", "--resume", tmp_path / "split")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    assert set(a["state"]) == set(b["state"])
-    for part in a["state"]:  # model, optimizer, probe (and the mlp predictor: weights, AdamW state, lr)
-        flat_a, flat_b = flatten(a["state"][part]), flatten(b["state"][part])
-        assert flat_a.keys() == flat_b.keys()
-        for key, value in flat_a.items():
-            assert (torch.equal(value, flat_b[key]) if torch.is_tensor(value) else value == flat_b[key]), (part, key)
-    timing = {"seconds", "images_per_sec"}
-    strip = lambda log: [{k: v for k, v in row.items() if k not in timing} for row in log]
-    assert strip(read_log(tmp_path / "straight")) == strip(read_log(tmp_path / "split"))
+    # model, optimizer, probe (and the mlp predictor: weights, AdamW state, lr), log and results
+    a, _ = assert_resume_is_exact("sslpm.py", [*TINY, *variant, "--epochs", "3"], tmp_path)
     if "mlp" in variant:
         assert "predictor" in a["state"] and all(0 < row["predictor_steps"] <= 3 for row in read_log(tmp_path / "split")[1:])
-
-
-def flatten(obj, prefix=""):
-    if isinstance(obj, dict):
-        return {k: v for key, value in obj.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-    if isinstance(obj, (list, tuple)):
-        return {k: v for i, value in enumerate(obj) for k, v in flatten(value, f"{prefix}{i}.").items()}
-    return {prefix: obj}
 
 
 def embedding_aac(run_dir):
@@ -297,41 +315,3 @@ def test_table2_lambda_zero_leaves_redundant_embeddings(tmp_path):
         aac[name] = embedding_aac(tmp_path / name)
     print("AAC of projector outputs:", aac)
     assert aac["lambda0"] > aac["default"] + 0.15, aac
-
-
-def test_sourced_recipes_hold_their_values():
-    """SSLPM paper appendix E and the official configs: SSLPM-SGD at batch 512 (lambda 64 for one layer,
-    0.5 for three), SSLPM-RR at 256 with lambda 0.15; ImageNet-100 (imagefolder): 400 epochs, lambda 0.125."""
-    sgd1 = sslpm.get_args(["--dataset", "cifar100", "--predictor", "mlp"])
-    sgd3 = sslpm.get_args(["--dataset", "cifar10", "--predictor", "mlp", "--predictor-layers", "3"])
-    rr = sslpm.get_args(["--dataset", "cifar100"])
-    assert (sgd1.batch_size, sgd1.lambd, sgd1.lr, sgd1.epochs) == (512, 64.0, 0.3, 1000)
-    assert (sgd3.batch_size, sgd3.lambd) == (512, 0.5) and (rr.batch_size, rr.lambd) == (256, 0.15)
-    assert sslpm.get_args(["--dataset", "cifar100", "--predictor", "mlp", "--batch-size", "128"]).batch_size == 128
-    assert sslpm.get_args(["--predictor", "mlp"]).batch_size == sslpm.RECIPES["shapes"]["batch_size"]  # CPU recipe
-    imagenet = sslpm.get_args(["--dataset", "imagefolder"])
-    assert (imagenet.epochs, imagenet.lambd) == (400, 0.125)
-
-
-@pytest.mark.parametrize("layers,kinds", [(0, ["Identity"]), (1, ["Linear"]), (2, ["Linear", "BatchNorm1d", "ReLU", "Linear"]),
-                                          (3, ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"])])
-def test_projector_depth(layers, kinds):
-    args = sslpm.get_args(["--width", "2", "--proj-layers", str(layers), "--proj-hidden", "8", "--proj-dim", "4",
-                           "--ridge", "1"])
-    args.image_size = 16
-    model = sslpm.Model(args)
-    modules = [type(m).__name__ for m in model.projector] if layers else [type(model.projector).__name__]
-    assert modules == kinds
-    h, z = model(torch.randn(6, 3, 16, 16))
-    assert z.shape == (6, model.dim) and model.dim == (16 if layers == 0 else 4)  # 0: the backbone's 8 * width
-
-
-def test_masked_and_full_targets_give_the_same_loss_at_ridge_0():
-    """W_full = I + W_0 at mu = 0, and X W_full - X W_0 = X is 0 on the hidden entries: equal losses."""
-    torch.manual_seed(11)
-    e = sslpm.standardize(torch.randn(64, 6) @ torch.randn(6, 6)).double()
-    mask = sslpm.random_mask(64, 6, 0.5, "cpu")
-    full, masked = (sslpm.ridge_predictability_loss(e, mask, 0.0, t).item() for t in ("full", "masked"))
-    assert full == pytest.approx(masked, rel=1e-9)
-    full, masked = (sslpm.ridge_predictability_loss(e, mask, 5.0, t).item() for t in ("full", "masked"))
-    assert abs(full - masked) > 1e-6  # with a ridge they differ
