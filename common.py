@@ -495,12 +495,11 @@ def plural(n, word):
 
 def list_image_folder(root):
     """The image files of train/ and val/ with their class, a folder directly under the split, listed as
-    torchvision's ImageFolder does (os.walk, links followed, sorted), except that hidden files and folders
-    (names starting with '.') are skipped, .gif counts as an image, and each real file is listed once per
-    split whatever links point where (walk_class). The classes are train/'s folders that hold at least
-    one image. Each mismatch between the splits is a one-line warning naming the
-    classes and counts involved: val/ classes that train/ lacks are left out, train/ classes that val/
-    lacks are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
+    torchvision's ImageFolder does (os.walk, sorted), except that hidden files and folders are skipped,
+    .gif counts as an image, and each real file is listed once per split (walk_class). The classes are
+    train/'s folders that hold an image. Each mismatch between the splits is a one-line warning naming
+    the classes and counts: val/ classes that train/ lacks are left out, train/ classes that val/ lacks
+    are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
     Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
     found, left_out = {}, []
     for split in ("train", "val"):
