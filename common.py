@@ -525,12 +525,11 @@ def plural(n, word):
 
 def list_image_folder(root):
     """The image files of train/ and val/ with their class, a folder directly under the split, listed as
-    torchvision's ImageFolder does (os.walk, links followed, sorted), except that hidden files and folders
-    (names starting with '.') are skipped, .gif counts as an image, and each real file is listed once per
-    split whatever links point where (walk_class). The classes are train/'s folders that hold at least
-    one image. Each mismatch between the splits is a one-line warning naming the
-    classes and counts involved: val/ classes that train/ lacks are left out, train/ classes that val/
-    lacks are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
+    torchvision's ImageFolder does (os.walk, sorted), except that hidden files and folders are skipped,
+    .gif counts as an image, and each real file is listed once per split (walk_class). The classes are
+    train/'s folders that hold an image. Each mismatch between the splits is a one-line warning naming
+    the classes and counts: val/ classes that train/ lacks are left out, train/ classes that val/ lacks
+    are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
     Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
     found, left_out = {}, []
     for split in ("train", "val"):
@@ -547,8 +546,8 @@ def list_image_folder(root):
             kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
             left_out.append(f"non-image files in {split}/ ({kinds})")
         if links:
-            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder or back "
-                            f"into a folder already listed ({', '.join(links[:4])}{', ...' if len(links) > 4 else ''})")
+            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder or "
+                            f"back into a folder already listed ({', '.join(links[:4])}{', ...' * (len(links) > 4)})")
     classes = [c for c, paths in found["train"].items() if paths]
     if not classes:
         fail(f"--data-dir {root}: train/ has no class folder with images (extensions {' '.join(IMAGE_EXTENSIONS)})")
@@ -1546,7 +1545,7 @@ class Run:
         self.ckpt_path = os.path.join(self.dir, "last.pt")
         if holder:
             fail(f"{'--resume' if args.resume else '--name'}: {self.dir} is in use by another run (process "
-                 f"{holder}); " + ("resume it once that has ended" if args.resume else "choose another --name or --out"))
+                 f"{holder}); {'resume it once that has ended' if args.resume else 'choose another --name or --out'}")
         if args.resume:
             try:
                 self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)

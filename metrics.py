@@ -872,7 +872,8 @@ def main(argv=None):
     p.add_argument("--nlr-steps", type=int, default=500, help="training steps of the NLR networks (0: skip NLR)")
     p.add_argument("--json", metavar="PATH", help="write the results here (default: next to each checkpoint, "
                    "named after it: metrics-last.json for last.pt)")
-    p.add_argument("--data-dir", help="where the runs' data is now, if it moved (default: where each run recorded it)")
+    p.add_argument("--data-dir", help="where the runs' data is now, if it moved (default: where each run "
+                   "recorded it)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps, cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

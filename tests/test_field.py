@@ -51,7 +51,8 @@ def images(root, layout):
         folder = os.path.join(os.fsencode(root), os.fsencode(sub))
         os.makedirs(folder, exist_ok=True)
         for i in range(n):
-            Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(os.fsdecode(folder + b"/%d.png" % i))
+            image = Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+            image.save(os.fsdecode(folder + b"/%d.png" % i))
     return str(root)
 
 
@@ -79,7 +80,8 @@ def test_a_folder_held_by_a_live_run_is_refused_and_freed_when_that_run_is_kille
     folder.mkdir()
     torch.save({"epoch": 1, "args": {}, "state": {}}, folder / "last.pt")
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"  # holds the claim as a run does
-                               "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid()))\n"
+                               "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "f.write(str(os.getpid())); "
                                "f.flush(); print('held', flush=True); time.sleep(120)", str(folder / ".lock")],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -104,8 +106,9 @@ def test_a_folder_held_by_a_live_run_is_refused_and_freed_when_that_run_is_kille
 def test_two_runs_started_together_each_keep_their_folder(tmp_path):
     """The reported case: a seed sweep started with & (default names, one --out). Both finish, in two folders,
     each with its own complete log, checkpoint and results."""
-    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--width", "2", "--image-size", "8", "--train-subset",
-           "32", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--threads", "1", "--out", str(tmp_path)]
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--width", "2", "--image-size", "8",
+           "--train-subset", "32", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--threads", "1",
+           "--out", str(tmp_path)]
     procs = [subprocess.Popen([*cmd, "--seed", str(s)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for s in (0, 1)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -140,7 +143,8 @@ def test_links_never_list_a_file_twice_nor_under_another_class(tmp_path, capsys)
     assert len(real) == len(set(real)) == 3 + 3 + 2 + 2                     # each real file once
     assert names == ["c0", "c1", "c2", "c3"]
     for (path, label), r in zip(files["train"], real):                      # under its own class
-        assert names[label] == ("c3" if r.startswith(outside) else os.path.relpath(r, os.path.realpath(train)).split(os.sep)[0])
+        own = "c3" if r.startswith(outside) else os.path.relpath(r, os.path.realpath(train)).split(os.sep)[0]
+        assert names[label] == own
     seen, others, links = set(), {}, []
     for c in sorted(os.listdir(train)):
         common.walk_class(str(train / c), seen, others, links)
@@ -159,9 +163,10 @@ def test_names_that_are_not_utf8_print_escaped_and_round_trip(tmp_path, capsys):
     open(os.fsencode(data) + b"/train/tea/cass\xe9.png", "wb").write(b"not a png")
     out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/runs\xe9")
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"}  # strict
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "simclr.py"), "--dataset", "imagefolder", "--data-dir",
-                             data, *SMALL, "--epochs", "1", "--out", out, "--name", "r"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, errors="surrogateescape", timeout=300)
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--dataset", "imagefolder", "--data-dir", data, *SMALL,
+           "--epochs", "1", "--out", out, "--name", "r"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="surrogateescape",
+                            timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "caf\\xe9 4/2" in result.stdout and "donn\\xe9es" in result.stdout and "runs\\xe9/r" in result.stdout
     assert "vid\\xe9" in result.stderr and "cass\\xe9.png" in result.stderr
@@ -183,7 +188,8 @@ def test_the_data_a_run_was_trained_on_is_found_again_or_refused(tmp_path, monke
     call(simclr.main, "--dataset", "imagefolder", "--data-dir", "data", *SMALL, "--epochs", "3", "--stop-after", "1",
          "--out", runs, "--name", "r")
     saved = json.load(open(run / "args.json"))
-    assert saved["data_dir"] == str(tmp_path / "projA" / "data") and saved["data_fingerprint"].startswith("imagefolder")
+    assert saved["data_dir"] == str(tmp_path / "projA" / "data")
+    assert saved["data_fingerprint"].startswith("imagefolder")
     monkeypatch.chdir(tmp_path / "projB")  # another project, with a data/ of its own
     with pytest.raises(SystemExit) as e:
         call(simclr.main, "--resume", run, "--data-dir", "data")
@@ -220,7 +226,7 @@ def test_every_checkpoint_gets_its_own_results_file_and_column(tmp_path, capsys)
     assert metrics.column_names(["runs/a/last.pt"]) == ["a"]
 
 
-# ------------------------------------------------------------------ 6. messages true in every branch, advice that works
+# ------------------------------------------------------------------ 6. true messages, advice that works
 def test_an_unreadable_cache_says_so_and_is_made_again(tmp_path, capsys):
     root = images(tmp_path, {"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
     common.load_imagefolder(root, 8)
