@@ -1,0 +1,76 @@
+"""Redundancy against accuracy across methods ("Beyond Pairwise Correlations: Higher-Order Redundancies in
+Self-Supervised Representation Learning", Figures 7 and 14, the SSLPM paper's central measurement; also
+the CPU analogue of the CorInfoMax thesis' Table 5.1 and of the AdaDim paper's Figure 4): the six methods
+of this repository, each with its own CPU recipe and the same seeds, and for each run the kNN accuracy
+and the redundancy of its backbone features: AAC (pairwise), LR (linear) and NLR (non-linear).
+
+    python reproduce/redundancy.py               # 6 runs, seed 0: about 4 minutes on 2 cores
+    python reproduce/redundancy.py --seeds 0 1 2 # the README's table and figure: about 12 minutes
+
+Runs: `python <method>.py --seed S --eval-every 1` for simclr, vicreg, barlow, corinfomax, sslpm and adadim
+(each method's shapes CPU recipe; --eval-every 1 only adds a kNN accuracy per epoch, for the training
+curves of reproduce/pictures.py). Measured: AAC, LR and NLR (SSLPM paper section 3.2, metrics.py) of the
+backbone features of 2,000 test images, and the final kNN accuracy. Descriptive: six methods are six
+points per seed, too few for a test of the paper's trend (lower redundancy, higher accuracy); the
+table gives the rank correlation over the runs as a summary, not as evidence.
+"""
+import os
+
+import harness
+import metrics
+
+METHODS = ("simclr", "vicreg", "barlow", "corinfomax", "sslpm", "adadim")
+QUICK = ["--width", "4", "--train-subset", "256", "--epochs", "1", "--warmup-epochs", "0"]
+MEASURES = ("AAC", "LR", "NLR")
+
+
+def measure(folder, steps=300):
+    (r, _), _, _ = harness.features(folder)
+    return {"knn_acc": harness.results(folder)["knn_acc"], "init_knn_acc": harness.results(folder)["init_knn_acc"],
+            "AAC": metrics.average_absolute_correlation(r), "LR": metrics.linear_redundancy(r)[0],
+            "NLR": metrics.nonlinear_redundancy(r, steps=steps)[0]}
+
+
+def main(argv=None):
+    a = harness.parser(__doc__, "redundancy").parse_args(argv)
+    measured = {}
+    for seed in a.seeds:
+        for method in METHODS:
+            folder = harness.train(method, f"{method}-s{seed}", [*(QUICK if a.quick else []), "--seed", str(seed),
+                                                                 "--eval-every", "1"], a)
+            measured[method, seed] = measure(folder, 50 if a.quick else 300)
+    rows = []
+    for method in METHODS:
+        row = {"method": method}
+        for key in ("knn_acc", *MEASURES):
+            harness.put_mean_spread(row, key, [measured[method, s][key] for s in a.seeds])
+        rows.append(row)
+    points = list(measured.values())
+    summary = ", ".join(f"{key} {harness.spearman([p[key] for p in points], [p['knn_acc'] for p in points]):+.2f}"
+                        for key in MEASURES)
+    harness.table(rows, os.path.join(a.out, "redundancy.json"),
+                  f"six methods, their shapes CPU recipes, seeds {a.seeds} (mean; _sd: spread); AAC, LR, NLR of "
+                  f"the backbone features of 2,000 test images; rank correlation with kNN over the "
+                  f"{len(points)} runs: {summary}")
+    plt = harness.pyplot()
+    if plt is None:
+        return rows
+    init = [p["init_knn_acc"] for p in points]
+    fig, axes = harness.figure(plt, 1, 3, width=13, height=4.4)
+    for ax, key in zip(axes, MEASURES):
+        for k, method in enumerate(METHODS):
+            xs = [measured[method, s][key] for s in a.seeds]
+            ys = [measured[method, s]["knn_acc"] for s in a.seeds]
+            ax.scatter(xs, ys, s=45, color=harness.COLORS[k], marker=harness.MARKERS[k], label=method, zorder=3)
+        harness.baseline(ax, sum(init) / len(init), "random initialisation")
+        ax.set(xlabel=f"{key} of the backbone features (0 to 1)", ylabel="kNN accuracy (test)",
+               title=f"{key}: rank correlation {summary.split(key + ' ')[1].split(',')[0]}")
+    axes[0].legend(loc="best")
+    harness.save_figure(fig, os.path.join(a.out, "redundancy.png"),
+                        f"Redundancy against accuracy, six methods (shapes, seeds {', '.join(map(str, a.seeds))}): "
+                        "descriptive, too few points for a trend")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
