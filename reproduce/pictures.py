@@ -51,7 +51,7 @@ def method_runs(a):
 
 
 def views(plt, path):
-    fig, axes = plt.subplots(1, 2, figsize=(15, 8.2))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.6))
     for ax, size in zip(axes, (16, 32)):
         images, labels = common.make_shapes(200, size, seed=1)
         x = torch.stack([images[labels == k][0] for k in range(10)])                 # (10, 3, S, S)

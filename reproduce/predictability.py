@@ -87,12 +87,13 @@ def main(argv=None):
                     + "Figure 3: a peak", f"best lambda {ticks[best]}, {gap / spread if spread else float('inf'):.1f} "
                     "spreads above lambda 4: " + ("held partly" if spread and gap > 2 * spread else "not resolved"))
     axes[0].legend(loc="lower right")
-    axes[1].set(ylabel="prediction loss L_pred, last epoch (0 to 1)", ylim=(0, 1))
+    axes[1].set(ylabel="prediction loss L_pred, last epoch (1: unpredictable)")
+    axes[1].set_ylim(bottom=0)
     harness.verdict(axes[1], "Table 2: the prediction loss rises with lambda",
                     "held (then flat near the top)" if sweep[0]["L_pred"] < sweep[1]["L_pred"] else "not here")
     predictors = [rows[LAMBDAS.index(1.0)]] + rows[len(LAMBDAS):]
     for j, r in enumerate(predictors):
-        harness.seed_dots(axes[2], j, r["knn_acc_per_seed"], harness.COLORS[j + 2], harness.MARKERS[j + 2])
+        harness.seed_dots(axes[2], j, r["knn_acc_per_seed"], harness.COLORS[j], harness.MARKERS[j])
     harness.baseline(axes[2], init, "random initialisation")
     harness.baseline(axes[2], pixels, "raw pixels", color=harness.COLORS[4])
     names = [n.replace(" (SSLPM-RR)", "").replace("MLP ", "MLP\n") for n in PREDICTORS]

@@ -14,6 +14,7 @@ backbone features of 2,000 test images, and the final kNN accuracy. Descriptive:
 points per seed, too few for a test of the paper's trend (lower redundancy, higher accuracy); the
 table gives the rank correlation over the runs as a summary, not as evidence.
 """
+import json
 import os
 
 import harness
@@ -25,15 +26,23 @@ MEASURES = ("AAC", "LR", "NLR")
 
 
 def measure(folder, steps=300):
+    """The run's accuracies and redundancies, kept in <run>/redundancy.json (NLR takes a while: a second
+    call only redraws)."""
+    path = os.path.join(folder, "redundancy.json")
+    if os.path.exists(path) and json.load(open(path)).get("nlr_steps") == steps:
+        return json.load(open(path))
     (r, _), _, _ = harness.features(folder)
-    return {"knn_acc": harness.results(folder)["knn_acc"], "init_knn_acc": harness.results(folder)["init_knn_acc"],
-            "AAC": metrics.average_absolute_correlation(r), "LR": metrics.linear_redundancy(r)[0],
-            "NLR": metrics.nonlinear_redundancy(r, steps=steps)[0]}
+    out = {"knn_acc": harness.results(folder)["knn_acc"], "init_knn_acc": harness.results(folder)["init_knn_acc"],
+           "AAC": metrics.average_absolute_correlation(r), "LR": metrics.linear_redundancy(r)[0],
+           "NLR": metrics.nonlinear_redundancy(r, steps=steps)[0], "nlr_steps": steps}
+    with open(path, "w") as f:
+        json.dump(out, f)
+    return out
 
 
 def main(argv=None):
     a = harness.parser(__doc__, "redundancy").parse_args(argv)
-    measured = {}
+    measured, folder = {}, None
     for seed in a.seeds:
         for method in METHODS:
             folder = harness.train(method, f"{method}-s{seed}", [*(QUICK if a.quick else []), "--seed", str(seed),
