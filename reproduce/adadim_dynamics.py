@@ -60,7 +60,7 @@ def main(argv=None):
         ax.set(xlabel="alpha (fixed; 0: VICReg, 1: InfoNCE)", ylabel=f"{key}, {unit}")
         harness.verdict(ax, title, ("held" if steady and drop > 2 * spread else "held partly" if drop > spread else
                                     "not at this scale") + f" (drop {drop / spread if spread else 0:.1f} spreads)")
-    points = [(h, i, k) for r in rows for h, i, k in zip(r["H(R)_per_seed"], r["I(R;Z)_per_seed"], r["knn_acc_per_seed"])]
+    points = [p for r in rows for p in zip(r["H(R)_per_seed"], r["I(R;Z)_per_seed"], r["knn_acc_per_seed"])]
     dots = axes[2].scatter([p[1] for p in points], [p[0] for p in points], c=[p[2] for p in points], cmap="viridis",
                            s=60, edgecolor="0.2", zorder=3)
     fig.colorbar(dots, ax=axes[2], label="kNN accuracy (test)")
@@ -75,8 +75,8 @@ def main(argv=None):
     axes[3].plot([r["epoch"] for r in adaptive[1:]], [r["alpha"] for r in adaptive[1:]], marker="o",
                  color=harness.COLORS[0])
     axes[3].set(xlabel="epoch", ylabel="alpha (adaptive)", ylim=(0, 1))
-    harness.verdict(axes[3], "Figure 5c: the adaptive alpha rises", "held" if adaptive[-1]["alpha"] > adaptive[1]["alpha"]
-                    else "not here")
+    rises = adaptive[-1]["alpha"] > adaptive[1]["alpha"]
+    harness.verdict(axes[3], "Figure 5c: the adaptive alpha rises", "held" if rises else "not here")
     tracked = [r for r in simclr if r.get("effective_rank_R") is not None]
     epochs = [r["epoch"] for r in tracked]
     for ax, key, label, unit in ((axes[4], "effective_rank_R", "H(R)", "effective rank of R"),

@@ -78,7 +78,7 @@ def main(argv=None):
     axes[2].set_xticks(range(len(RUNS)), [label.replace(" term", "\nterm") for label in RUNS])
     axes[2].set(ylabel="kNN accuracy (test)")
     cost = all(r["knn_acc"] < rows[0]["knn_acc"] for r in rows[1:])
-    harness.verdict(axes[2], "Accuracy: " + ("both collapses cost it" if cost else "the full loss is not the best here"),
+    harness.verdict(axes[2], "Accuracy: " + ("both collapses cost it" if cost else "the full loss is not the best"),
                     "no variance ends below random initialisation" if rows[1]["knn_acc"] < init else
                     "no variance stays above random initialisation")
     axes[2].legend(loc="best")

@@ -45,8 +45,8 @@ def method_runs(a):
                 name, extra = f"{method}-s0", ["--eval-every", "1"]
             else:
                 name, extra = f"{label.replace(' term', '').replace(' ', '-')}-s0", ["--track-every", "1"]
-            runs[label] = harness.train(method, name, [*(script.QUICK if a.quick else []), *flags, "--seed", "0", *extra],
-                                        b)
+            quick = script.QUICK if a.quick else []
+            runs[label] = harness.train(method, name, [*quick, *flags, "--seed", "0", *extra], b)
     return runs
 
 
@@ -117,7 +117,8 @@ def embeddings(plt, runs, path):
     init = common.extract_features(fresh.backbone, data.test_x[keep], data, torch.device("cpu"))
     pixels = data.test_x[keep].flatten(1).float()
     panels = [("raw pixels", pixels), ("random initialisation, backbone", init), ("SimCLR, backbone", r)]
-    panels += [(f"VICReg, {label}: embeddings Z", harness.features(runs[label], n=1000)[0][1]) for label in collapse.RUNS]
+    panels += [(f"VICReg, {label}: embeddings Z", harness.features(runs[label], n=1000)[0][1])
+               for label in collapse.RUNS]
     fig, axes = harness.figure(plt, 2, 3, width=16, height=10.5)
     reference = None
     for k, (ax, (title, f)) in enumerate(zip(axes, panels)):
@@ -143,9 +144,10 @@ def neighbours(plt, runs, path, queries=6, k=5):
     fresh = type(model)(args)
     q = common.random_indices(len(data.test_x), queries)
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2))
-    for ax, (title, backbone) in zip(axes, (("random initialisation", fresh.backbone), ("after SimCLR", model.backbone))):
-        bank = torch.nn.functional.normalize(common.extract_features(backbone, data.probe_x, data, torch.device("cpu")), dim=1)
-        f = torch.nn.functional.normalize(common.extract_features(backbone, data.test_x[q], data, torch.device("cpu")), dim=1)
+    cpu, unit = torch.device("cpu"), lambda f: torch.nn.functional.normalize(f, dim=1)
+    for ax, title, backbone in zip(axes, ("random initialisation", "after SimCLR"), (fresh.backbone, model.backbone)):
+        bank = unit(common.extract_features(backbone, data.probe_x, data, cpu))
+        f = unit(common.extract_features(backbone, data.test_x[q], data, cpu))
         nearest = (f @ bank.T).topk(k, dim=1).indices                                   # (queries, k)
         rows, agree = [], 0
         for i in range(queries):
@@ -156,7 +158,7 @@ def neighbours(plt, runs, path, queries=6, k=5):
         size = data.test_x.shape[-1]
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_xticks([size / 2] + [(j + 2.5) * size for j in range(k)], ["query"] + [f"{j + 1}" for j in range(k)])
-        ax.set_yticks([(i + 0.5) * size for i in range(queries)], [common.SHAPE_NAMES[data.test_y[q[i]]] for i in range(queries)])
+        ax.set_yticks([(i + 0.5) * size for i in range(queries)], [common.SHAPE_NAMES[c] for c in data.test_y[q]])
         ax.grid(False)
         ax.set_title(f"{title}: {agree} of {queries * k} neighbours share the query's class")
     harness.save_figure(fig, path, "Each test image and its 5 nearest training images (cosine of backbone features)")

@@ -71,7 +71,7 @@ def main(argv=None):
     sweep = rows[:len(LAMBDAS)]
     ticks = [f"{l:g}" for l in LAMBDAS]
     for i, r in enumerate(sweep):
-        harness.seed_dots(axes[0], i, r["knn_acc_per_seed"], harness.COLORS[0], label="kNN (dots: seeds)" if not i else None)
+        harness.seed_dots(axes[0], i, r["knn_acc_per_seed"], harness.COLORS[0], label=None if i else "kNN (dots: seeds)")
         axes[1].errorbar(i, r["L_pred"], yerr=r.get("L_pred_sd", 0), marker="s", color=harness.COLORS[1], capsize=3)
     for ax in axes[:2]:
         ax.set_xticks(range(len(LAMBDAS)), ticks)

@@ -71,7 +71,7 @@ def main(argv=None):
         rows.append({"data": f"Example 3.1, n = {n}", "AAC": metrics.average_absolute_correlation(x),
                      "AAC_eq8": math.sqrt(n - 1) / math.comb(n, 2), "LR": metrics.linear_redundancy(x)[0],
                      "NLR": metrics.nonlinear_redundancy(x, fraction=1.0, steps=steps)[0]})
-    x, y = torch.randn(samples, generator=g, dtype=torch.float64), torch.randn(samples, generator=g, dtype=torch.float64)
+    x, y = torch.randn(2, samples, generator=g, dtype=torch.float64)
     f = torch.stack([x, y, (x ** 2 - y ** 2) / 2], 1)
     nlr, per_feature = metrics.nonlinear_redundancy(f, fraction=1.0, steps=steps)
     rows.append({"data": "Corollary 3.5: X, Y, (X^2 - Y^2)/2", "AAC": metrics.average_absolute_correlation(f),
@@ -113,7 +113,8 @@ def main(argv=None):
                     label=f"Z: {k} principal components")
         ax.set(xlabel=label, ylabel="I(R; Z), Renyi order 2 (nats)")
         ax.legend()
-    harness.verdict(axes[2], "AdaDim Figure 2a-b: more features, H(R) rises", "I(R; Z) rises (2 components: up to m = 50)")
+    harness.verdict(axes[2], "AdaDim Figure 2a-b: more features, H(R) rises",
+                    "I(R; Z) rises (2 components: up to m = 50)")
     harness.verdict(axes[3], "AdaDim Figure 2c-d: more spread, H(R) rises", "I(R; Z) falls")
     axes[3].set_xscale("log", base=2)
     harness.save_figure(fig, os.path.join(a.out, "toys.png"), "Toy data, no training: what the measures see")

@@ -14,10 +14,12 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "reproduce"))
-# name -> the files it writes besides <name>.json (pictures.py reuses the runs of redundancy and collapse)
+# name -> the figures it draws besides its table <name>.json (pictures.py reuses the runs of redundancy.py
+# and collapse.py)
 SCRIPTS = {"collapse": ["collapse.png"], "corinfomax_spectrum": ["corinfomax_spectrum.png"],
            "adadim_dynamics": ["adadim_dynamics.png"], "predictability": ["predictability.png"],
-           "projector_rank": ["projector_rank.png"], "redundancy": ["redundancy.png"], "toys": ["toys.png", "collapse_2d.png"],
+           "projector_rank": ["projector_rank.png"], "redundancy": ["redundancy.png"],
+           "toys": ["toys.png", "collapse_2d.png"],
            "pictures": ["views.png", "curves.png", "embeddings.png", "neighbours.png"]}
 
 
