@@ -65,18 +65,27 @@ def main(argv=None):
     if plt is None:
         return rows
     init = [p["init_knn_acc"] for p in points]
-    fig, axes = harness.figure(plt, 1, 3, width=13, height=4.4)
+    fig, axes = harness.figure(plt, 2, 2, width=12, height=9.5)
     for ax, key in zip(axes, MEASURES):
         for k, method in enumerate(METHODS):
             xs = [measured[method, s][key] for s in a.seeds]
             ys = [measured[method, s]["knn_acc"] for s in a.seeds]
-            ax.scatter(xs, ys, s=45, color=harness.COLORS[k], marker=harness.MARKERS[k], label=method, zorder=3)
-        harness.baseline(ax, sum(init) / len(init), "random initialisation")
-        ax.set(xlabel=f"{key} of the backbone features (0 to 1)", ylabel="kNN accuracy (test)",
-               title=f"{key}: rank correlation {summary.split(key + ' ')[1].split(',')[0]}")
+            ax.scatter(xs, ys, s=55, color=harness.COLORS[k], marker=harness.MARKERS[k], label=method, zorder=3)
+        ax.set(xlabel=f"{key} of the backbone features (0 to 1)", ylabel="kNN accuracy (test)")
+        rho = summary.split(key + " ")[1].split(",")[0]
+        ax.set_title(f"{key} against accuracy\nrank correlation {rho} over {len(points)} runs (descriptive)")
     axes[0].legend(loc="best")
+    for k, method in enumerate(METHODS):
+        harness.seed_dots(axes[3], k, [measured[method, s]["knn_acc"] for s in a.seeds], harness.COLORS[k],
+                          harness.MARKERS[k])
+    harness.baseline(axes[3], sum(init) / len(init), "random initialisation")
+    harness.baseline(axes[3], harness.pixel_knn(folder), "raw pixels", color=harness.COLORS[4])
+    axes[3].set_xticks(range(len(METHODS)), METHODS, rotation=20)
+    axes[3].set(ylabel="kNN accuracy (test)")
+    axes[3].set_title("kNN accuracy of each method\n(dots: seeds; large: mean)")
+    axes[3].legend(loc="lower right")
     harness.save_figure(fig, os.path.join(a.out, "redundancy.png"),
-                        f"Redundancy against accuracy, six methods (shapes, seeds {', '.join(map(str, a.seeds))}): "
+                        f"Redundancy against accuracy, six methods (shapes, {harness.seeds_text(a.seeds)}): "
                         "descriptive, too few points for a trend")
     return rows
 
