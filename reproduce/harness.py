@@ -190,11 +190,12 @@ def seeds_text(seeds):
     return f"curves seed {seeds[0]}, dots seeds {', '.join(map(str, seeds))}"
 
 
-def save_figure(fig, path, title=None):
-    """Save at 150 dpi with `title` above the panels (larger than theirs)."""
+def save_figure(fig, path, title=None, rect=(0, 0, 1, 1)):
+    """Save at 150 dpi with `title` above the panels (larger than theirs); rect: the part of the figure the
+    panels fill (room for a figure legend)."""
     if title:
         fig.suptitle(title, fontweight="bold")
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=150)
     with contextlib.suppress(ImportError):  # 256 colours: a third of the size, the same picture (Pillow,
         # which torchvision brings)

@@ -134,8 +134,8 @@ def embeddings(plt, runs, path):
         elif k > 3:  # VICReg's three on one scale: the collapses are seen, not rescaled away
             ax.set(xlim=reference[0], ylim=reference[1])
     fig.legend(loc="lower center", ncol=10, markerscale=3, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    harness.save_figure(fig, path, "Test images in the first two principal components, coloured by class")
+    harness.save_figure(fig, path, "Test images in the first two principal components, coloured by class",
+                        rect=(0, 0.04, 1, 1))
 
 
 def neighbours(plt, runs, path, queries=6, k=5):
