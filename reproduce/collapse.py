@@ -10,7 +10,9 @@ Three runs of vicreg.py's CPU recipe: the full loss, --std-coeff 0 and --cov-coe
 eigenvalues of the covariance of the embeddings Z, log scale, at the end of training (test images here;
 the paper uses the training set); (b) as its Figure 11, the correlation of Z over training: the paper's
 "off-diagonal mean of the correlation matrix" (dashed), whose signs cancel when the dimensions collapse
-onto a few directions with both signs, and the mean absolute correlation (AAC, solid), which does not.
+onto a few directions with both signs, and the mean absolute correlation (AAC, solid), which does not;
+(c) the kNN accuracy (dots: seeds) with the random-initialisation and raw-pixel lines; (d) the scale of
+the embeddings (the loss's std term) over training.
 """
 import math
 import os

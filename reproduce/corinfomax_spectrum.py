@@ -10,8 +10,8 @@ CPU recipe and simclr.py's (--proj-hidden 256 --proj-dim 32). Dimensional collap
 comes with strong augmentation (Jing et al. 2022): with the recipes' weak `small` policy SimCLR's spectrum
 does not collapse at this scale, with `moderate` it does. --eval-every 1 gives a kNN accuracy per epoch.
 The figure: (a) as Figure 5.3, the sorted eigenvalues of the covariance of the L2-normalised projections of
-2,000 test images, log scale; (b) as Figures 5.1-5.2, CorInfoMax's training LDMI (the loss's own running
-estimates, thesis eq. 3.6) and its kNN test accuracy per epoch.
+2,000 test images, log scale; (b, c) as Figures 5.1-5.2, CorInfoMax's training LDMI (the loss's own
+running estimates, thesis eq. 3.6) and, on its own axis, its kNN test accuracy per epoch from epoch 0.
 """
 import math
 import os

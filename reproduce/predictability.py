@@ -1,17 +1,19 @@
 """Predictability minimisation ("Beyond Pairwise Correlations: Higher-Order Redundancies in Self-Supervised
 Representation Learning", Table 2, Figures 3-5, Theorem 3.2): without the prediction term (lambda 0) SSLPM
 does not learn; the prediction loss rises with lambda while accuracy peaks before it; a ridge predictor
-does better than MLP predictors; and every representation obeys AAC <= sqrt(LR) <= sqrt(NLR).
+does better than MLP predictors, the 1-layer MLP leaving the least redundancy; lower LR comes with
+higher accuracy (Figure 4); and every representation obeys AAC <= sqrt(LR) <= sqrt(NLR).
 
-    python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 5 minutes on 2 cores
-    python reproduce/predictability.py --seeds 0 1 2    # mean and spread: about 15 minutes
+    python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 20 minutes on 2 cores
+    python reproduce/predictability.py --seeds 0 1 2    # mean and spread: about an hour
 
 Runs: sslpm.py's CPU recipe (SSLPM-RR) with --lambda 0, 0.25, 0.5, 1 (the recipe's), 2, 4; and SSLPM-SGD
 with a 1-layer and a 3-layer MLP predictor (--predictor mlp --predictor-layers 1|3, their default lambdas,
-at most 10 inner steps per encoder step for CPU time). For each: the final kNN accuracy, the prediction
+at most 50 inner steps per encoder step for CPU time: with 10 the 1-layer MLP did not learn). For each: the final kNN accuracy, the prediction
 loss L_pred of the last epoch, and AAC, LR and NLR (SSLPM paper section 3.2, metrics.py) of the backbone
-features of 2,000 test images, with Theorem 3.2's chain checked. The figure: (a) as Figure 3, accuracy and
-L_pred against lambda; (b) as Figure 5, accuracy and redundancy of the three predictors.
+features of 2,000 test images, with Theorem 3.2's chain checked. The figure, each panel titled with its
+verdict: (a) as Figure 3, accuracy against lambda (dots: seeds); (b) L_pred against lambda; (c) as
+Figure 5, accuracy of the three predictors; (d) as Figure 4, accuracy against LR over every run.
 """
 import math
 import os
