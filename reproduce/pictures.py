@@ -18,6 +18,8 @@ the learned features look like, and what "near" means before and after training.
 - neighbours.png: six test images and the five training images nearest to each (cosine of backbone
   features, what the kNN accuracy uses), with a randomly initialised backbone and after SimCLR.
 """
+import contextlib
+import io
 import os
 import types
 
@@ -110,7 +112,8 @@ def pca2(x):
 
 def embeddings(plt, runs, path):
     (r, _), y, model = harness.features(runs["simclr"], n=1000)
-    _, args, _, data = metrics.load_run(os.path.join(runs["simclr"], "last.pt"), torch.device("cpu"))
+    with contextlib.redirect_stdout(io.StringIO()):  # load_data's summary line
+        _, args, _, data = metrics.load_run(os.path.join(runs["simclr"], "last.pt"), torch.device("cpu"))
     keep = common.random_indices(len(data.test_x), 1000)
     common.seed_everything(0)
     fresh = type(model)(args)                                                  # the same network, untrained
@@ -139,7 +142,8 @@ def embeddings(plt, runs, path):
 
 
 def neighbours(plt, runs, path, queries=6, k=5):
-    _, args, model, data = metrics.load_run(os.path.join(runs["simclr"], "last.pt"), torch.device("cpu"))
+    with contextlib.redirect_stdout(io.StringIO()):  # load_data's summary line
+        _, args, model, data = metrics.load_run(os.path.join(runs["simclr"], "last.pt"), torch.device("cpu"))
     common.seed_everything(0)
     fresh = type(model)(args)
     q = common.random_indices(len(data.test_x), queries)
