@@ -1429,13 +1429,11 @@ def to_json(obj, **kwargs):
     """json.dumps that writes a NaN or infinite float as null (JSON has no NaN): every JSON file this
     repository writes is valid JSON. Where a value is undefined, the writer says why next to it."""
     def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
         if isinstance(o, dict):
             return {k: clean(v) for k, v in o.items()}
         if isinstance(o, (list, tuple)):
             return [clean(v) for v in o]
-        return o
+        return None if isinstance(o, float) and not math.isfinite(o) else o
     return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
@@ -1469,14 +1467,11 @@ def load_file(path):  # mmap: no copy in memory, where torch can (it opens only 
 
 def flat_values(obj, prefix=""):
     """(dotted name, value) of every leaf of a nested state_dict (dicts, lists, tuples)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from flat_values(v, f"{prefix}{k}.")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from flat_values(v, f"{prefix}{i}.")
-    else:
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else None
+    if items is None:
         yield prefix[:-1], obj
+    for k, v in items or ():
+        yield from flat_values(v, f"{prefix}{k}.")
 
 
 def is_finite(value):
@@ -1610,6 +1605,12 @@ class Run:
             atomic_write(log, "".join(to_json(l) + "\n" for l in lines))
         print0(f"resuming {self.dir} after epoch {done}")
         return done
+
+    def log_init(self, measures):
+        """Add measures (--track-every's, of the random initialisation) to log.jsonl's epoch-0 row."""
+        path = os.path.join(self.dir, "log.jsonl")
+        if RANK == 0:  # called right after start(): the epoch-0 row is the log's only row
+            atomic_write(path, "".join(to_json({**json.loads(l), **measures}) + "\n" for l in open(path)))
 
     def interrupted(self, *_):  # Ctrl-C: last.pt holds the last completed epoch (atomic writes)
         signal.signal(signal.SIGINT, signal.SIG_DFL)

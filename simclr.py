@@ -135,6 +135,9 @@ def main(argv=None):
     net = common.ddp(model)  # DistributedDataParallel under torchrun (averages gradients), else model
     state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds
     start = run.start(data, model.backbone, state)  # 0, or the epoch last.pt holds on --resume
+    if args.track_every and start == 0:  # the same measures at random initialisation, in the epoch-0 row
+        import metrics  # analysis measures, only for --track-every: training never needs metrics.py
+        run.log_init(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
     steps, warmup = args.epochs * len(loader), int(args.warmup_epochs * len(loader))
 
     for epoch in range(start, args.epochs):

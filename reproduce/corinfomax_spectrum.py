@@ -10,8 +10,8 @@ CPU recipe and simclr.py's (--proj-hidden 256 --proj-dim 32). Dimensional collap
 comes with strong augmentation (Jing et al. 2022): with the recipes' weak `small` policy SimCLR's spectrum
 does not collapse at this scale, with `moderate` it does. --eval-every 1 gives a kNN accuracy per epoch.
 The figure: (a) as Figure 5.3, the sorted eigenvalues of the covariance of the L2-normalised projections of
-2,000 test images, log scale; (b) as Figures 5.1-5.2, CorInfoMax's training LDMI (the loss's own running
-estimates, thesis eq. 3.6) and its kNN test accuracy per epoch.
+2,000 test images, log scale; (b, c) as Figures 5.1-5.2, CorInfoMax's training LDMI (the loss's own
+running estimates, thesis eq. 3.6) and, on its own axis, its kNN test accuracy per epoch from epoch 0.
 """
 import math
 import os
@@ -62,22 +62,34 @@ def main(argv=None):
     plt = harness.pyplot()
     if plt is None:
         return rows
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for method, lam in spectra.items():
-        left.semilogy(range(1, len(lam) + 1), [max(v, 1e-12) for v in lam], marker=".", label=method)
-    left.set(xlabel="index (sorted)", ylabel="eigenvalue (log)", title="as Figure 5.3: covariance of the projections")
-    left.legend()
+    fig, axes = harness.figure(plt, 1, 3, width=16, height=5)
+    for j, (method, lam) in enumerate(spectra.items()):
+        axes[0].semilogy(range(1, len(lam) + 1), [max(v, 1e-12) for v in lam], marker=harness.MARKERS[j],
+                         color=harness.COLORS[j], label=method)
+    ratio = [r["smallest_over_mean_eigenvalue"] for r in rows]
+    axes[0].set(xlabel=f"eigenvalue index (sorted, of {len(spectra['corinfomax'])})",
+                ylabel="eigenvalue of the covariance of the projections")
+    harness.verdict(axes[0], "Figure 5.3: spectrum of the projections",
+                    f"smallest / mean: {ratio[0]:.2g} vs {ratio[1]:.2g}: " + ("held" if ratio[0] > 10 * ratio[1] else
+                                                                              "not at this scale"))
+    axes[0].legend()
     epochs = [r["epoch"] for r in log]
-    right.plot(epochs, ldmi, color="tab:blue", marker="o", label="training LDMI (nats)")
-    right.set(xlabel="epoch", ylabel="training LDMI (nats)", title="as Figures 5.1-5.2: CorInfoMax")
-    twin = right.twinx()
-    twin.plot(epochs, knn, color="tab:red", marker="s", label="kNN test accuracy")
-    twin.set_ylabel("kNN test accuracy")
-    right.legend(loc="upper left", fontsize=8)
-    twin.legend(loc="lower right", fontsize=8)
-    right.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"CorInfoMax thesis: CorInfoMax vs SimCLR, same projector (shapes, seed {a.seeds[0]})", fontsize=9)
-    harness.save_figure(fig, os.path.join(a.out, "corinfomax_spectrum.png"))
+    axes[1].plot(epochs, ldmi, color=harness.COLORS[0], marker="o")
+    axes[1].set(xlabel="epoch", ylabel="training LDMI (nats, thesis eq. 3.6)")
+    harness.verdict(axes[1], "Figures 5.1-5.2: CorInfoMax's LDMI", "rises over training" if ldmi[-1] > ldmi[0] else
+                    "does not rise")
+    init = harness.log(folders["corinfomax", a.seeds[0]])[0]["knn_acc"]
+    axes[2].plot([0, *epochs], [init, *knn], color=harness.COLORS[1], marker="s", label="kNN accuracy")
+    harness.baseline(axes[2], harness.pixel_knn(folders["corinfomax", a.seeds[0]]), "raw pixels",
+                     color=harness.COLORS[4])
+    axes[2].set(xlabel="epoch (0: random initialisation)", ylabel="kNN accuracy (test)")
+    harness.verdict(axes[2], "... together with the accuracy",
+                    "correlation with LDMI over epochs: " + rows[0]["ldmi_knn_correlation"])
+    axes[2].legend(loc="lower right")
+    for ax in axes[1:]:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    harness.save_figure(fig, os.path.join(a.out, "corinfomax_spectrum.png"),
+                        f"CorInfoMax thesis: CorInfoMax vs SimCLR, same projector (shapes, seed {a.seeds[0]})")
     return rows
 
 

@@ -1,17 +1,19 @@
 """Predictability minimisation ("Beyond Pairwise Correlations: Higher-Order Redundancies in Self-Supervised
 Representation Learning", Table 2, Figures 3-5, Theorem 3.2): without the prediction term (lambda 0) SSLPM
 does not learn; the prediction loss rises with lambda while accuracy peaks before it; a ridge predictor
-does better than MLP predictors; and every representation obeys AAC <= sqrt(LR) <= sqrt(NLR).
+does better than MLP predictors, the 1-layer MLP leaving the least redundancy; lower LR comes with
+higher accuracy (Figure 4); and every representation obeys AAC <= sqrt(LR) <= sqrt(NLR).
 
-    python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 5 minutes on 2 cores
-    python reproduce/predictability.py --seeds 0 1 2    # mean and spread: about 15 minutes
+    python reproduce/predictability.py           # 8 runs of the shapes CPU recipe: about 20 minutes on 2 cores
+    python reproduce/predictability.py --seeds 0 1 2    # mean and spread: about an hour
 
 Runs: sslpm.py's CPU recipe (SSLPM-RR) with --lambda 0, 0.25, 0.5, 1 (the recipe's), 2, 4; and SSLPM-SGD
 with a 1-layer and a 3-layer MLP predictor (--predictor mlp --predictor-layers 1|3, their default lambdas,
-at most 10 inner steps per encoder step for CPU time). For each: the final kNN accuracy, the prediction
+at most 50 inner steps per encoder step for CPU time: with 10 the 1-layer MLP did not learn). For each: the final kNN accuracy, the prediction
 loss L_pred of the last epoch, and AAC, LR and NLR (SSLPM paper section 3.2, metrics.py) of the backbone
-features of 2,000 test images, with Theorem 3.2's chain checked. The figure: (a) as Figure 3, accuracy and
-L_pred against lambda; (b) as Figure 5, accuracy and redundancy of the three predictors.
+features of 2,000 test images, with Theorem 3.2's chain checked. The figure, each panel titled with its
+verdict: (a) as Figure 3, accuracy against lambda (dots: seeds); (b) L_pred against lambda; (c) as
+Figure 5, accuracy of the three predictors; (d) as Figure 4, accuracy against LR over every run.
 """
 import math
 import os
@@ -22,6 +24,7 @@ import metrics
 LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 PREDICTORS = {"ridge (SSLPM-RR)": [], "MLP 1 layer": ["--predictor", "mlp", "--predictor-layers", "1"],
               "MLP 3 layers": ["--predictor", "mlp", "--predictor-layers", "3"]}
+STEPS = 50  # inner steps of the MLP predictors per encoder step (10 left the 1-layer MLP at random-init kNN)
 QUICK = ["--width", "4", "--train-subset", "256", "--epochs", "2", "--eval-every", "2", "--warmup-epochs", "0"]
 
 
@@ -38,14 +41,14 @@ def measure(folder):
 def main(argv=None):
     a = harness.parser(__doc__, "predictability").parse_args(argv)
     quick = QUICK if a.quick else []
-    steps = ["--predictor-steps", "3" if a.quick else "10"]
+    steps = ["--predictor-steps", "3" if a.quick else str(STEPS)]
     runs = {}
     for seed in a.seeds:
         for lambd in LAMBDAS:
             runs[f"lambda {lambd}", seed] = harness.train(
                 "sslpm", f"lambda{lambd}-s{seed}", [*quick, "--lambda", str(lambd), "--seed", str(seed)], a)
         for label, flags in list(PREDICTORS.items())[1:]:
-            runs[label, seed] = harness.train("sslpm", f"{label.replace(' ', '-')}-s{seed}",
+            runs[label, seed] = harness.train("sslpm", f"{label.replace(' ', '-')}-{steps[1]}steps-s{seed}",
                                               [*quick, *flags, *steps, "--seed", str(seed)], a)
     measured = {key: measure(folder) for key, folder in runs.items()}
     rows = []
@@ -53,34 +56,71 @@ def main(argv=None):
         row = {"run": label + (" (ridge, the recipe)" if label == "lambda 1.0" else "")}
         for key in ("knn_acc", "L_pred", "AAC", "LR", "NLR"):
             harness.put_mean_spread(row, key, [measured[label, s][key] for s in a.seeds])
+        row["knn_acc_per_seed"] = [measured[label, s]["knn_acc"] for s in a.seeds]
         row["chain_holds"] = f"{sum(measured[label, s]['AAC<=sqrtLR<=sqrtNLR'] for s in a.seeds)}/{len(a.seeds)}"
         rows.append(row)
+    folder = runs["lambda 1.0", a.seeds[0]]
+    init = sum(harness.results(runs["lambda 1.0", s])["init_knn_acc"] for s in a.seeds) / len(a.seeds)
+    pixels = harness.pixel_knn(folder)
     harness.table(rows, os.path.join(a.out, "predictability.json"),
                   f"SSLPM on shapes, seeds {a.seeds} (mean; _sd: spread); chain_holds: Theorem 3.2 on R "
-                  "(AAC <= sqrt(LR) <= sqrt(NLR) + 0.02 for the MLP's estimation noise)")
+                  "(AAC <= sqrt(LR) <= sqrt(NLR) + 0.02 for the MLP's estimation noise); MLP predictors: "
+                  f"{steps[1]} inner steps; kNN at random initialisation {init:.3g} (mean), on raw pixels {pixels:.3g}")
     plt = harness.pyplot()
     if plt is None:
         return rows
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = harness.figure(plt, 2, 2, width=12, height=9)
     sweep = rows[:len(LAMBDAS)]
-    left.errorbar(LAMBDAS, [r["knn_acc"] for r in sweep], yerr=[r.get("knn_acc_sd", 0) for r in sweep],
-                  marker="o", capsize=3, label="kNN accuracy")
-    left.set(xlabel="lambda (ridge predictor)", ylabel="kNN accuracy", title="as Figure 3: impact of lambda")
-    twin = left.twinx()
-    twin.plot(LAMBDAS, [r["L_pred"] for r in sweep], marker="s", color="tab:red", label="L_pred, last epoch")
-    twin.set_ylabel("prediction loss L_pred")
-    left.legend(loc="lower left", fontsize=8)
-    twin.legend(loc="lower right", fontsize=8)
+    ticks = [f"{l:g}" for l in LAMBDAS]
+    for i, r in enumerate(sweep):
+        harness.seed_dots(axes[0], i, r["knn_acc_per_seed"], harness.COLORS[0], label=None if i else "kNN (dots: seeds)")
+        axes[1].errorbar(i, r["L_pred"], yerr=r.get("L_pred_sd", 0), marker="s", color=harness.COLORS[1], capsize=3)
+    for ax in axes[:2]:
+        ax.set_xticks(range(len(LAMBDAS)), ticks)
+        ax.set_xlabel("lambda (weight of D x L_pred, D = 32)")
+    best = max(range(1, len(sweep)), key=lambda i: sweep[i]["knn_acc"])
+    gap = sweep[best]["knn_acc"] - sweep[-1]["knn_acc"]
+    spread = max(sweep[best].get("knn_acc_sd", 0), sweep[-1].get("knn_acc_sd", 0))
+    harness.baseline(axes[0], init, "random initialisation")
+    harness.baseline(axes[0], pixels, "raw pixels", color=harness.COLORS[4])
+    axes[0].set(ylabel="kNN accuracy (test)")
+    learns = sweep[0]["knn_acc"] < min(r["knn_acc"] for r in sweep[1:])
+    harness.verdict(axes[0], ("Table 2: lambda 0 does not learn: held; " if learns else "Table 2: lambda 0 learns; ")
+                    + "Figure 3: a peak", f"best lambda {ticks[best]}, {gap / spread if spread else float('inf'):.1f} "
+                    "spreads above lambda 4: " + ("held partly" if spread and gap > 2 * spread else "not resolved"))
+    axes[0].legend(loc="lower right")
+    axes[1].set(ylabel="prediction loss L_pred, last epoch (1: unpredictable)")
+    axes[1].set_ylim(bottom=0)
+    harness.verdict(axes[1], "Table 2: the prediction loss rises with lambda",
+                    "held (then flat near the top)" if sweep[0]["L_pred"] < sweep[1]["L_pred"] else "not here")
     predictors = [rows[LAMBDAS.index(1.0)]] + rows[len(LAMBDAS):]
-    names = list(PREDICTORS)
-    width = 0.2
-    for k, key in enumerate(("knn_acc", "AAC", "LR", "NLR")):
-        right.bar([i + (k - 1.5) * width for i in range(len(names))], [r[key] for r in predictors], width, label=key)
-    right.set_xticks(range(len(names)), names)
-    right.set(title="as Figure 5: predictors (accuracy and redundancy of R)")
-    right.legend(fontsize=8)
-    fig.suptitle(f"SSLPM paper: predictability minimisation on shapes (seeds {a.seeds})", fontsize=9)
-    harness.save_figure(fig, os.path.join(a.out, "predictability.png"))
+    for j, r in enumerate(predictors):
+        harness.seed_dots(axes[2], j, r["knn_acc_per_seed"], harness.COLORS[j], harness.MARKERS[j])
+    harness.baseline(axes[2], init, "random initialisation")
+    harness.baseline(axes[2], pixels, "raw pixels", color=harness.COLORS[4])
+    names = [n.replace(" (SSLPM-RR)", "").replace("MLP ", "MLP\n") for n in PREDICTORS]
+    axes[2].set_xticks(range(len(names)), names)
+    axes[2].set(ylabel="kNN accuracy (test)")
+    order = sorted(range(len(predictors)), key=lambda j: -predictors[j]["knn_acc"])
+    harness.verdict(axes[2], f"Figure 5: predictors ({steps[1]} inner MLP steps)",
+                    "ridge best: held" if order[0] == 0 else f"best: {names[order[0]].replace(chr(10), ' ')}: "
+                    "not as the paper")
+    axes[2].legend(loc="lower right")
+    for j, (label, seed) in enumerate(measured):
+        group = 0 if label.startswith("lambda") else 1 + list(PREDICTORS).index(label) - 1
+        axes[3].scatter(measured[label, seed]["LR"], measured[label, seed]["knn_acc"], color=harness.COLORS[group],
+                        marker=harness.MARKERS[group], s=40, zorder=3)
+    for group, name in enumerate(["ridge, lambda sweep", *list(PREDICTORS)[1:]]):
+        axes[3].scatter([], [], color=harness.COLORS[group], marker=harness.MARKERS[group], label=name)
+    points = list(measured.values())
+    rho = harness.spearman([p["LR"] for p in points], [p["knn_acc"] for p in points])
+    axes[3].set(xlabel="LR of the backbone features (0 to 1)", ylabel="kNN accuracy (test)")
+    harness.verdict(axes[3], "Figure 4: lower LR, higher accuracy?",
+                    f"rank correlation {rho:+.2f} over {len(points)} runs: " +
+                    ("the paper's direction" if rho < -0.5 else "not the paper's direction" if rho > 0 else "weak"))
+    axes[3].legend(loc="best")
+    harness.save_figure(fig, os.path.join(a.out, "predictability.png"),
+                        f"SSLPM paper: predictability minimisation (shapes, seeds {', '.join(map(str, a.seeds))})")
     return rows
 
 

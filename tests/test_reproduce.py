@@ -1,6 +1,10 @@
-"""Each script of reproduce/ draws its figure and writes its table from a --quick run (tiny runs: the
-machinery, not the claim), and a second call reuses the finished runs and only redraws."""
+"""Each script of reproduce/ writes its table from a --quick run (tiny runs: the machinery, not the claim),
+and draws its figure when matplotlib (the optional extra) is installed; a second call reuses the finished
+runs and only redraws. The quick runs are made once per module and shared by the tests below: without
+matplotlib the figure tests skip (with the reason) and every other test still runs."""
+import contextlib
 import importlib
+import io
 import json
 import os
 import sys
@@ -10,28 +14,72 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "reproduce"))
-SCRIPTS = ["collapse", "corinfomax_spectrum", "adadim_dynamics", "predictability", "projector_rank"]
+# name -> the figures it draws besides its table <name>.json (pictures.py reuses the runs of redundancy.py
+# and collapse.py)
+SCRIPTS = {"collapse": ["collapse.png"], "corinfomax_spectrum": ["corinfomax_spectrum.png"],
+           "adadim_dynamics": ["adadim_dynamics.png"], "predictability": ["predictability.png"],
+           "projector_rank": ["projector_rank.png"], "redundancy": ["redundancy.png"],
+           "toys": ["toys.png", "collapse_2d.png"],
+           "pictures": ["views.png", "curves.png", "embeddings.png", "neighbours.png"]}
+
+
+def has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def call(name, root):
+    """Run the script's main on --quick with --out root/name (pictures.py: --runs root, where it finds the
+    runs of redundancy.py and collapse.py); (rows, printed output)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        extra = ["--runs", str(root)] if name == "pictures" else []
+        rows = importlib.import_module(name).main(["--quick", "--out", str(root / name), *extra])
+    return rows, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """Every script once on --quick, each in its own folder under one root."""
+    root = tmp_path_factory.mktemp("reproduce")
+    return root, {name: call(name, root) for name in SCRIPTS}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_quick_run_draws_the_figure_and_writes_the_table(name, tmp_path, capsys):
-    script = importlib.import_module(name)
-    rows = script.main(["--quick", "--out", str(tmp_path)])
-    figure, table = tmp_path / f"{name}.png", tmp_path / f"{name}.json"
-    assert figure.exists() and figure.stat().st_size > 10_000 and figure.read_bytes()[:4] == b"\x89PNG"
-    saved = json.loads(table.read_text())
-    assert saved["rows"] == json.loads(json.dumps(rows, default=str)) and saved["title"]
-    printed = capsys.readouterr().out
-    assert "training " in printed and str(figure) in printed
-    figure.unlink()
-    script.main(["--quick", "--out", str(tmp_path)])  # every run is finished: nothing is trained again
-    assert "training " not in capsys.readouterr().out and figure.exists()
+def test_quick_run_writes_the_table_and_says_what_it_trained(name, quick):
+    root, calls = quick
+    out = root / name
+    rows, printed = calls[name]
+    saved = json.loads((out / f"{name}.json").read_text())
+    assert rows and saved["rows"] == json.loads(json.dumps(rows, default=str)) and saved["title"]
+    if name != "toys":  # the toys train nothing
+        assert "training " in printed or name == "pictures"
+    assert ("pip install matplotlib" in printed) != has_matplotlib()
 
 
-def test_without_matplotlib_the_table_is_saved_and_one_line_says_how_to_get_the_figure(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_quick_run_draws_the_figure_and_a_second_call_only_redraws(name, quick):
+    pytest.importorskip("matplotlib", reason="the figures need matplotlib, the optional extra")
+    root, calls = quick
+    out = root / name
+    for png in SCRIPTS[name]:
+        figure = out / png
+        assert figure.read_bytes()[:4] == b"\x89PNG" and figure.stat().st_size > 10_000
+        assert str(figure) in calls[name][1]
+        figure.unlink()
+    _, printed = call(name, root)  # every run is finished: nothing is trained again
+    assert "training " not in printed and all((out / png).exists() for png in SCRIPTS[name])
+
+
+def test_without_matplotlib_the_table_is_saved_and_one_line_says_how_to_get_the_figure(quick, monkeypatch):
     import harness
+    root, _ = quick
+    out = root / "collapse"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
-    rows = importlib.import_module("collapse").main(["--quick", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert rows and (tmp_path / "collapse.json").exists() and not (tmp_path / "collapse.png").exists()
-    assert "pip install matplotlib" in out and harness.pyplot() is None
+    (out / "collapse.json").unlink()
+    rows, printed = call("collapse", root)
+    assert rows and (out / "collapse.json").exists() and "figure:" not in printed
+    assert "pip install matplotlib" in printed and harness.pyplot() is None
