@@ -22,7 +22,7 @@ def one_line_error(result, *needles):
 
 
 @pytest.mark.parametrize("flag,value,needles", [
-    ("--dataset", "mnist", ["--dataset", "invalid choice", "cifar100"]),
+    ("--dataset", "imagenet", ["--dataset", "invalid choice", "cifar100"]),
     ("--policy", "strong", ["--policy", "invalid choice", "asymmetric"]),
     ("--optimizer", "adam", ["--optimizer", "invalid choice", "lars"]),
     ("--arch", "vit", ["--arch", "invalid choice", "resnet18"]),
