@@ -447,13 +447,9 @@ CACHE_VERSION = 2  # raise it when decoding or resizing changes: caches of other
 
 
 def load_imagefolder(root, size, subset=None):
-    """<root>/train/<class>/... and <root>/val/<class>/... (any depth below the class folder): the
-    classes are train/'s, sorted, as torchvision's ImageFolder.classes (list_image_folder). Each image is
-    decoded once (decode_image, a pool of threads) and the set cached as <root>/cache-<size>px.pt (with
-    --train-subset k, cache-<size>px-subset<k>.pt, and only the sample is decoded). A cache is used only
-    for the folder it was made from: the same files with the same sizes and modification times (stamp).
-    Returns (train, val, class names, a summary of what was loaded, left out, read or written, and a
-    fingerprint: a hash of the class names and of the paths and sizes of the files loaded)."""
+    """<root>/train/<class>/... and <root>/val/<class>/... (list_image_folder), decoded once and cached as
+    <root>/cache-<size>px[-subset<k>].pt, used only while the files keep their sizes and times (stamp).
+    Returns (train, val, class names, a summary line, a fingerprint of the class names and files)."""
     if not all(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")):
         fail(f"--data-dir {root}: --dataset imagefolder needs a folder with train/ and val/ class subfolders")
     files, names, left_out = list_image_folder(root)
@@ -463,24 +459,11 @@ def load_imagefolder(root, size, subset=None):
     sample = f" (a random sample, seed 0, of {total:,})" if len(files["train"]) < total else ""
     cache = os.path.join(root, f"cache-{size}px{f'-subset{subset}' if sample else ''}.pt")
     record = [[os.path.relpath(p, root), *stamp(p)] for split in ("train", "val") for p, _ in files[split]]
-    out, cached = {}, {}
-    if os.path.exists(cache):
-        try:
-            cached = load_file(cache)
-        except Exception as e:  # unreadable (no permission, cut short by a full disk): made again below
-            cached = {"error": e.__class__.__name__}
+    cached = read_cache(cache)
     if cached.get("version") == CACHE_VERSION and cached.get("files") == record and cached.get("classes") == names:
         out, failed, how = cached, cached["failed"], f"read {cache} (made from this folder as it is)"
     else:
-        check_memory(len(record), size)
-        failed = []
-        for split in ("train", "val"):
-            x, y, bad = decode_split(files[split], size, f"decoding {split}/")
-            if len(x) == 0:
-                fail(f"--data-dir {root}: no image of {split}/ could be decoded, e.g. {bad[0]}")
-            out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
-        if failed:
-            warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
+        out, failed = decode_folder(root, files, size, len(record))
         how = f"made {cache} again: {describe_change(cached, record)}" if cached else f"wrote {cache}"
         try:
             atomic_write(cache, {"version": CACHE_VERSION, "files": record, "classes": names, "failed": failed, **out})
@@ -496,18 +479,36 @@ def load_imagefolder(root, size, subset=None):
     return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary, fingerprint
 
 
+def read_cache(path):  # {} if there is none, {"error": kind} if it cannot be read (it is made again)
+    try:
+        return load_file(path) if os.path.exists(path) else {}
+    except Exception as e:  # no permission, cut short by a full disk, ...
+        return {"error": e.__class__.__name__}
+
+
+def decode_folder(root, files, size, n):
+    """Both splits decoded ({train_x, train_y, val_x, val_y}), and 'path (error)' for each file left out."""
+    check_memory(n, size)
+    out, failed = {}, []
+    for split in ("train", "val"):
+        x, y, bad = decode_split(files[split], size, f"decoding {split}/")
+        if len(x) == 0:
+            fail(f"--data-dir {root}: no image of {split}/ could be decoded, e.g. {bad[0]}")
+        out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
+    if failed:
+        warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
+    return out, failed
+
+
 def plural(n, word):
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def list_image_folder(root):
-    """The image files of train/ and val/ with their class, a folder directly under the split, listed as
-    torchvision's ImageFolder does (os.walk, links followed, sorted), except that hidden files and folders
-    (names starting with '.') are skipped, .gif counts as an image, and each real file is listed once per
-    split whatever links point where (walk_class). The classes are train/'s folders that hold at least
-    one image. Each mismatch between the splits is a one-line warning naming the
-    classes and counts involved: val/ classes that train/ lacks are left out, train/ classes that val/
-    lacks are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
+    """The image files of train/ and val/ with their class (a folder directly under the split), as
+    torchvision's ImageFolder lists them (sorted, links followed), except that hidden names are skipped,
+    .gif counts and each real file is listed once per split (walk_class). The classes are train/'s
+    folders with images; each mismatch between the splits is a one-line warning.
     Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
     found, left_out = {}, []
     for split in ("train", "val"):
@@ -593,9 +594,8 @@ def class_counts(train_y, val_y, names):
 
 
 def stamp(path):
-    """(size in bytes, modification time in ns): what tells that a file changed without reading it.
-    Content hashes would read every file, nearly as slow as decoding it; size and time are what make and
-    rsync use. An edit that keeps both (rare, deliberate) goes unnoticed: delete the cache then."""
+    """(size, modification time in ns), as make and rsync tell a change: a content hash would read every
+    file, nearly as slow as decoding it. An edit that keeps both goes unnoticed: delete the cache then."""
     s = os.stat(path)
     return s.st_size, s.st_mtime_ns
 
@@ -607,28 +607,21 @@ def describe_change(cached, new):
     if cached.get("version") != CACHE_VERSION:
         return "the old one was made by another version of this code"
     old, new = {r[0]: r[1:] for r in cached["files"]}, {r[0]: r[1:] for r in new}
-    added, removed = len(new.keys() - old.keys()), len(old.keys() - new.keys())
-    changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
-    if added or removed or changed:
-        return f"the folder changed since ({added} files added, {removed} removed, {changed} changed)"
-    return "the class list changed since"
+    if old == new:
+        return "the class list changed since"
+    changed = sum(new[k] != old[k] for k in new.keys() & old.keys())
+    return (f"the folder changed since ({len(new.keys() - old.keys())} files added, "
+            f"{len(old.keys() - new.keys())} removed, {changed} changed)")
 
 
 def available_memory():
-    """Bytes of memory available to a new allocation (MemAvailable on Linux), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/meminfo") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
 
 
 def check_memory(n, size):
-    """Refuse, in one line and before decoding anything, a set that would not fit in memory decoded:
-    n images of 3 x size x size bytes against 80% of the available memory."""
+    """Refuse, before decoding, n images of 3 x size x size bytes that need over 80% of the free memory."""
     need, available = 3 * size * size * n, available_memory()
     if available and need > 0.8 * available:
         fits = max(8, int(math.sqrt(0.8 * available / (3 * n))))
@@ -637,9 +630,8 @@ def check_memory(n, size):
 
 
 def decode_split(files, size, desc):
-    """Decode [(path, label)] into uint8 (N, 3, size, size) in a pool of threads (PIL and the resize
-    release the GIL while they work), each image written in place into one preallocated tensor.
-    Returns the images, their labels, and 'path (error)' for each file that could not be decoded."""
+    """Decode [(path, label)] into one uint8 (N, 3, size, size) tensor with a pool of threads (PIL and the
+    resize release the GIL). Returns the images, their labels, and 'path (error)' for each undecodable file."""
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     errors = [None] * len(files)
 
@@ -667,12 +659,9 @@ def decode_split(files, size, desc):
 
 
 def decode_image(path, size):
-    """One image file as uint8 RGB (3, size, size): decoded by PIL (every format torchvision's
-    ImageFolder lists, and GIF; the first frame of an animation), converted to RGB in 0-255 whatever its
-    mode or bit depth (pil_to_rgb), its shorter side resized to `size` (antialiased bilinear) and the
-    centre cropped. A JPEG is first decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least
-    `size` pixels on each side (PIL's draft mode): much faster for small sizes. EXIF orientation is not
-    applied (as torchvision's ImageFolder)."""
+    """One image file (the first frame of an animation) as uint8 RGB (3, size, size), resized as
+    resize_images. PIL's draft mode decodes a JPEG at 1/2-1/8 scale when that keeps `size` px: much faster.
+    EXIF orientation is not applied (as torchvision's ImageFolder)."""
     with PIL.Image.open(path) as img:
         img.draft("RGB", (size, size))
         rgb = torch.from_numpy(pil_to_rgb(img)).permute(2, 0, 1)            # (3, H, W) uint8
@@ -680,11 +669,8 @@ def decode_image(path, size):
 
 
 def pil_to_rgb(img):
-    """uint8 (H, W, 3) in 0-255 from a PIL image of any mode. 16-bit modes ('I;16', 'I;16B', ... and
-    'I', in which Pillow decodes 16-bit PNG, TIFF and PPM data) are scaled from 0-65535, floating point
-    ('F') from 0-1 when its values lie there, else clipped to 0-255; every other mode (1-bit, grey,
-    palette, RGBA, CMYK, YCbCr, LAB, HSV, ...) goes through PIL's conversion to RGB, which drops an
-    alpha channel (as torchvision's ImageFolder does)."""
+    """uint8 (H, W, 3) from a PIL image of any mode: 16-bit ('I;16...', and 'I', as Pillow reads 16-bit
+    PNG/TIFF) scaled from 0-65535, 'F' from 0-1 if it lies there (else clipped); others by PIL's convert."""
     if img.mode == "F" or img.mode.startswith("I"):
         a = np.nan_to_num(np.asarray(img, dtype=np.float64))
         scale = 255 / 65535 if img.mode != "F" else 255.0 if a.max(initial=0) <= 1 else 1.0
