@@ -1003,11 +1003,10 @@ PROGRESS_SECONDS = 30  # without a terminal (output piped to a file), a progress
 
 
 class Progress(tqdm):
-    """tqdm's bar on a terminal. When the output goes to a file or a pipe, where a bar would show nothing,
-    a plain line on stdout at most every PROGRESS_SECONDS instead (tqdm's mininterval, with the last
-    set_postfix values), so a log never sits silent for minutes. Only process 0 shows anything."""
+    """tqdm's bar on a terminal. Piped to a file, where a bar shows nothing, a plain line on stdout every
+    PROGRESS_SECONDS (tqdm's mininterval) instead, so a log never sits silent. Only process 0 shows it."""
     def __init__(self, iterable, total, desc, unit="step"):
-        self.piped, self.printed = not sys.stderr.isatty(), time.time()
+        self.piped = not sys.stderr.isatty()
         super().__init__(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                          disable=RANK > 0, file=sys.stdout if self.piped else None,
                          mininterval=PROGRESS_SECONDS if self.piped else 1.0)
@@ -1018,8 +1017,7 @@ class Progress(tqdm):
     def display(self, msg=None, pos=None):
         if not self.piped:
             return super().display(msg, pos)
-        if msg is None and 0 < self.n < self.total and time.time() - self.printed >= PROGRESS_SECONDS:
-            self.printed = time.time()
+        if msg is None and 0 < self.n < self.total:  # not the first and last refresh
             rate = self.n / (self._time() - self.start_t)
             print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}s/s "
                   f"{self.postfix or ''}".rstrip(), flush=True)
@@ -1039,18 +1037,13 @@ class Meter:
         return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
 
 
-# =================================================================================================
-# Plumbing below this line: running on several processes, the command line and recipes, and the run
-# folder. A reader of a method file can stop here.
-# =================================================================================================
+# ============================== plumbing below: a reader of a method file can stop here ==============
 
 
 # ------------------------------------------------------------------------- several processes
-# torchrun (--nproc_per_node=N, --nnodes=M) starts one process per GPU and sets RANK, WORLD_SIZE and
-# LOCAL_RANK. --batch-size is the global batch: each process takes its slice of every global batch,
-# so a recipe's lr means the same on 1 or 8 GPUs and nothing is rescaled. Every process draws the
-# same random numbers (same seed): the shuffle, the augmentation parameters of the whole global batch
-# (each process keeps its slice) and the masks, so N processes train like one with the global batch.
+# torchrun starts one process per GPU. --batch-size is the global batch, of which each process takes its
+# slice, so a recipe's lr means the same on 1 or 8 GPUs. Every process draws the same random numbers (the
+# shuffle, the augmentation of the whole global batch, the masks): N processes train like one.
 
 
 def get_device(name):
@@ -1064,9 +1057,8 @@ def get_device(name):
 
 
 def busy_cores(samples=5):
-    """How many of this process's cores other processes are using now: the kernel's count of running
-    tasks (/proc/stat procs_running, Linux; the median of a few samples 10 ms apart) minus this one,
-    scaled to the cores this process may use (a container may see a whole host's tasks). 0 elsewhere."""
+    """Cores of this process that others use now: Linux's procs_running less this one (median of samples
+    10 ms apart), scaled to the cores this process may use (a container sees the host's tasks). 0 elsewhere."""
     counts = []
     for _ in range(samples):
         try:
@@ -1080,10 +1072,8 @@ def busy_cores(samples=5):
 
 
 def choose_threads():
-    """CPU threads when --threads is not given: torch's default (one per core, or OMP_NUM_THREADS when
-    set), less the cores other processes are busy with at startup. Every op waits for its slowest thread,
-    so a thread that shares its core with another process stalls every op: beside two busy processes on
-    2 cores the quick start took 3.1x longer with 2 threads and 1.5x with 1 (benchmarks/busy.py)."""
+    """torch's threads (one per core, or OMP_NUM_THREADS) less the cores others are busy with: every op waits
+    for its slowest thread, and one sharing a core stalls them all (benchmarks/busy.py: 3.1x vs 1.5x)."""
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" in os.environ:
         return threads
@@ -1091,9 +1081,8 @@ def choose_threads():
 
 
 def setup_device(args):
-    """The training device of this process (--device; auto: CUDA, then MPS, then CPU), with --threads CPU
-    threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU). Records the device
-    used and world_size in args (args.json)."""
+    """This process's device (--device) and --threads; under torchrun it joins the process group (NCCL on
+    CUDA, gloo on CPU). Records the device, threads and world_size in args (args.json)."""
     if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):  # piped to a file: each line as it
         sys.stdout.reconfigure(line_buffering=True)                       # is printed, not minutes later
     args.threads = args.threads or choose_threads()  # recorded in args.json: a --resume uses the same number
@@ -1115,8 +1104,10 @@ def setup_device(args):
         else:
             default_hook(kind, e, tb)
     sys.excepthook = one_line
-    if WORLD_SIZE == 1:
-        return device
+    return device if WORLD_SIZE == 1 else join_processes(args, device)
+
+
+def join_processes(args, device):  # under torchrun: refuse what does not work there, join the group
     if device.type not in ("cuda", "cpu"):
         fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
     if args.compile:
@@ -1131,9 +1122,8 @@ def setup_device(args):
     if not dist.is_initialized():
         # timeout: the others wait while the first process of a machine downloads or decodes the data (minutes)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-        # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
-        # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
-        # called without an active exception"; pytorch PR 179291), failing a run that had finished.
+        # Leave the group while Python is whole: gloo's threads torn down during finalisation abort a
+        # finished run at exit (SIGABRT; pytorch PR 179291).
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return device
 
@@ -1145,15 +1135,11 @@ def shard(x):
 
 
 def gather(x):
-    """The global batch: concatenation along dim 0 of every process's x, in rank order (so rows are
-    in the order of one process with the global batch); with gradient. The identity on one process.
-    Each main() gathers what its loss needs as the global batch (SimCLR negatives, covariances, ...),
-    so the loss functions themselves are plain tensor functions.
-    Why the backward sums: every process computes the same loss L from the gathered global batch, and
-    torch's all_gather backward reduce-scatters (sums over processes, keeps this process's rows):
-    W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each sample's
-    gradient counts exactly once. Keeping only the local gradient without the sum (the bug of lightly
-    GitHub issue #1528) would lose the part that flows through other processes' losses."""
+    """The global batch: every process's x concatenated in rank order, with gradient (the identity on one
+    process); main() gathers what its loss needs, so losses stay plain tensor functions.
+    Why the backward sums: every process computes the same loss L of the global batch, and all_gather's
+    backward reduce-scatters: W dL/d(own rows). DDP averages over the W processes, so each sample counts
+    once; the local gradient alone (lightly issue #1528) would lose what flows through the others' losses."""
     if WORLD_SIZE == 1 or not dist.is_initialized():
         return x
     from torch.distributed.nn.functional import all_gather  # imported here: needs a distributed build
@@ -1254,10 +1240,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def get_parser(method, doc, recipes):
-    """The shared parser, its flags in groups (data, model, optimisation, evaluation, run); a method file
-    adds its own group. `recipes` is the method file's table: recipes["all"] holds the method's values
-    for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first: the
-    defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
+    """The shared flags in groups; a method file adds its own. recipes["all"]: the method's values for every
+    dataset, recipes[<dataset>]: what differs. Precedence: defaults below, "all", the dataset's, the flags."""
     epilog = (f"Defaults depend on --dataset. Each flag shows its value for every dataset ({method}.py's "
               f"RECIPES['all'] over common.py's), then the datasets whose recipe (RECIPES near the top of "
               f"{method}.py) sets another. Flags given on the command line win over both. The program "
@@ -1280,32 +1264,26 @@ def get_parser(method, doc, recipes):
     model.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"], help="backbone")
     model.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
     model.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    optimisation = p.add_argument_group("optimisation")
-    optimisation.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
-    optimisation.add_argument("--batch-size", default=256, help="global batch (all processes together)",
-                              type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
-    optimisation.add_argument("--lr", type=positive(float), default=0.3,
-                              help="peak learning rate, for the global batch")
-    optimisation.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
-    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0,
-                              help="start of the linear warmup")
-    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10,
-                              help="linear warmup length")
-    optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
-                              help="weight decay (not on biases and BatchNorm)")
-    optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
-                              help="lars and sgd with momentum 0.9")
-    optimisation.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
-                              help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio "
-                                   "(solo-learn clip_lr)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
+    opt.add_argument("--batch-size", default=256, help="global batch (all processes together)",
+                     type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
+    opt.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate, for the global batch")
+    opt.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
+    opt.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
+    opt.add_argument("--warmup-epochs", type=nonnegative(float), default=10, help="linear warmup length")
+    opt.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
+                     help="weight decay (not on biases and BatchNorm)")
+    opt.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
+                     help="lars and sgd with momentum 0.9")
+    opt.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
+                     help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio (solo-learn clip_lr)")
     evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-every", type=positive(int), default=10,
-                            help="kNN / probe test every N epochs")
+    evaluation.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
     evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
                             help="offline linear evaluation epochs at the end (0: skip)")
-    evaluation.add_argument("--track-every", type=nonnegative(int), default=0,
-                            help="every K epochs log analysis measures (effective rank, I(R;Z), AAC, uniformity, "
-                                 "...) of 1,000 test images; 0: off")
+    evaluation.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
+                            "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
     run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
@@ -1324,9 +1302,8 @@ def get_parser(method, doc, recipes):
 
 
 def given_flags(parser, argv, args):
-    """Names of the arguments given on the command line. Parses again over a namespace of
-    placeholders: argparse fills in defaults only where nothing is set, so whatever is not a
-    placeholder afterwards was given."""
+    """Names of the arguments given on the command line: parsed again over placeholders, which argparse
+    replaces only where a flag is given (defaults fill only what is unset)."""
     unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
     return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
 
@@ -1376,24 +1353,19 @@ def parse_args(parser, argv=None):
 
 # ----------------------------------------------------------------------------------- run folder
 def to_json(obj, **kwargs):
-    """json.dumps that writes a NaN or infinite float as null (JSON has no NaN): every JSON file this
-    repository writes is valid JSON. Where a value is undefined, the writer says why next to it."""
+    """json.dumps with a NaN or infinite float as null (JSON has no NaN): every file written is valid JSON."""
     def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
         if isinstance(o, dict):
             return {k: clean(v) for k, v in o.items()}
         if isinstance(o, (list, tuple)):
             return [clean(v) for v in o]
-        return o
+        return None if isinstance(o, float) and not math.isfinite(o) else o
     return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
 def atomic_write(path, data, on_disk=None):
-    """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
-    a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
-    short write (full disk) never replaces a good file. A failed write ends in one line on stderr that
-    says what is on disk (on_disk: the caller's words for it)."""
+    """Write text or a torch.save-able object (read back: a short write never replaces a good file) to a
+    temp file renamed over `path`. A failure is one line that says what is on disk (on_disk, or the old file)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         if isinstance(data, str):
@@ -1419,14 +1391,11 @@ def load_file(path):  # mmap: no copy in memory, where torch can (it opens only 
 
 def flat_values(obj, prefix=""):
     """(dotted name, value) of every leaf of a nested state_dict (dicts, lists, tuples)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from flat_values(v, f"{prefix}{k}.")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from flat_values(v, f"{prefix}{i}.")
-    else:
+    if not isinstance(obj, (dict, list, tuple)):
         yield prefix[:-1], obj
+        return
+    for k, v in obj.items() if isinstance(obj, dict) else enumerate(obj):
+        yield from flat_values(v, f"{prefix}{k}.")
 
 
 def is_finite(value):
@@ -1440,9 +1409,8 @@ CLAIMS = {}  # run folder -> its open .lock file: the folder is this process's w
 
 
 def claim(args):
-    """Claim <out>/<name> before anything is written into it: a lock (flock) on its .lock file, which the kernel
-    releases when the process ends however it ends (a killed run leaves no stale claim). Without --name: made
-    here as method-dataset-time (-2, -3, ... for runs of the same second). Returns the holder's pid, or None."""
+    """Claim <out>/<name> (made here as method-dataset-time[-k] without --name) by a flock on its .lock file,
+    which the kernel drops however the process ends. Returns the pid of another holder, or None."""
     os.makedirs(args.out, exist_ok=True)
     if args.name is None:
         stem = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -1473,10 +1441,8 @@ def release(path):  # the claim of this process on a run folder ends (at exit it
 
 class Run:
     """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
-    Each method's main() calls, in this order: Run(...) (claims the folder, reads last.pt on --resume),
-    start (writes args.json, restores or records the random-initialisation baseline), then per epoch
-    check_finite, log, save (and stopped for --stop-after), and finish at the end. Every message about
-    what is on disk names the epoch last.pt holds (self.saved), or says that none was written."""
+    main() calls Run(...), start, then per epoch check_finite, log, save (stopped for --stop-after), finish.
+    Every message about what is on disk names the epoch last.pt holds (self.saved), or that there is none."""
 
     def __init__(self, args, script, device):
         self.args, self.script, self.device = args, script, device
@@ -1521,8 +1487,7 @@ class Run:
         self.seconds, self.last_eval, self.save_seconds = 0.0, {}, 0.0
         signal.signal(signal.SIGINT, self.interrupted)  # from here on, data loading included
 
-    def on_disk(self):
-        """What last.pt holds, in words, for messages."""
+    def on_disk(self):  # what last.pt holds, in words, for messages
         if self.saved is None:
             return "no checkpoint was written, nothing to resume"
         return f"{self.ckpt_path} holds epoch {self.saved}; continue with --resume {self.dir}"
@@ -1567,10 +1532,8 @@ class Run:
         return Progress(loader, len(loader), f"epoch {epoch + 1}/{self.args.epochs}")
 
     def check_finite(self, row, state):
-        """Stop in one line, before anything of the epoch is logged or saved, if a logged loss term of
-        the epoch is NaN or infinite, or if any value of the state last.pt would hold is (weights,
-        optimizer state, a method's own state: running covariances, alpha, a predictor, ...): the last
-        update of an epoch can break the weights while the epoch's mean loss is still finite."""
+        """Stop in one line, before the epoch is logged or saved, if a loss term or any value of the state
+        last.pt would hold is NaN or infinite (the last update can break the weights under a finite mean loss)."""
         bad = [k for k, v in row.items() if not math.isfinite(v)]
         broken = {}
         for name, obj in state.items():
@@ -1598,8 +1561,8 @@ class Run:
                         if k not in ("world_size", "global_batch")))
 
     def save(self, epoch, state):
-        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically when --save-every says
-        (default: while writing has taken at most 2% of the training time), at the last epoch and --stop-after."""
+        """last.pt = {"epoch", "args", "state": {name: state_dict}} when --save-every says (default: while writing
+        has taken at most 2% of the training time), and at the last epoch and --stop-after."""
         every, end = self.args.save_every, epoch >= min(self.args.epochs, self.args.stop_after or self.args.epochs)
         if not (end or (epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds)):
             return
