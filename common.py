@@ -36,7 +36,10 @@ import signal
 import sys
 import time
 import warnings
-fcntl = None if os.name == "nt" else __import__("fcntl")  # POSIX; on Windows a run folder is claimed by mkdir only
+try:
+    import fcntl  # POSIX; on Windows a run folder is claimed by mkdir only
+except ImportError:
+    fcntl = None
 
 import numpy as np
 import PIL.Image
@@ -48,15 +51,13 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-# Which process this is: set by torchrun for each process it starts (see setup_device); 0, 1, 0 for
-# a plain `python x.py`. Used throughout: only process 0 prints and writes files.
+# Which process this is, set by torchrun (0, 1, 0 for `python x.py`): only process 0 prints and writes files.
 RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d))
                                 for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
 
 
 def printable(text):
-    """Text that prints on any terminal: bytes of a file name that are not UTF-8 (caf\\xe9, unzipped from a
-    Latin-1 archive) show as \\xe9 escapes rather than end in a UnicodeEncodeError."""
+    """Text that prints anywhere: non-UTF-8 bytes of a file name show as \\xe9, not a UnicodeEncodeError."""
     return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
 
 
@@ -76,13 +77,12 @@ def warn(message):  # one line on stderr, from the first process only
 
 # ---------------------------------------------------------------------------------------- model
 class ResNet(torchvision.models.ResNet):
-    """torchvision's ResNet with a width multiplier (stage widths w, 2w, 4w, 8w) and a CIFAR stem
-    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features.
-    Deviation of every method: the stem conv has padding 1 (torchvision style); solo-learn's CIFAR
-    stem uses padding 2."""
+    """torchvision's ResNet with stage widths w, 2w, 4w, 8w, a CIFAR stem (3x3 stride-1 conv, no max-pool)
+    under 64 px, no classifier. Deviation of every method: stem padding 1; solo-learn's CIFAR stem pads 2."""
     def __init__(self, block, layers, width=64, cifar_stem=True):
         nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
-        self._norm_layer, self.dilation, self.groups, self.base_width, self.inplanes = nn.BatchNorm2d, 1, 1, 64, width
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = width
         if cifar_stem:
             self.conv1, self.maxpool = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.Identity()
         else:
@@ -125,10 +125,9 @@ def projector(dims, batchnorm=True, last_bias=True, normalize=False):
 
 
 # -------------------------------------------------------------------------------- augmentation
-# Three choices here are for speed on the CPU, each measured by benchmarks/augment.py (which says why):
-# ops run on the index-selected samples they apply to, the crop is two matrix products, and the hue
-# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py). The parameters
-# are drawn on the host, so the samples each op applies to are known without waiting for a GPU.
+# For speed (benchmarks/augment.py): ops run only on the samples they apply to, the crop is two matrix
+# products, the hue rotation uses arithmetic masks; each gives torchvision's values (tests/test_augment.py).
+# Parameters are drawn on the host, so which samples an op applies to is known without waiting for a GPU.
 def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
          blur_p=0.0, solarize_p=0.0):
     """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
@@ -183,10 +182,8 @@ BLUR_SIGMA = (0.1, 2.0)  # thesis B.1.1, BYOL, solo-learn: sigma uniform in [0.1
 
 
 def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
-    """Taps of the Gaussian blur kernel: 3 sigma each side of the largest sigma, 2 ceil(3 sigma) + 1 = 13,
-    at every image size. That is the support of PIL's GaussianBlur, which the official CorInfoMax and
-    solo-learn code blur with; a kernel of 10% of the side (BYOL's ImageNet rule: 3 taps at 32 px) would
-    cut a sigma of 2 down to an effective 0.8 on small images."""
+    """2 ceil(3 sigma_max) + 1 = 13 taps at every size, the support of PIL's GaussianBlur (official CorInfoMax,
+    solo-learn); BYOL's 10% of the side (3 taps at 32 px) would cut a sigma of 2 to an effective 0.8."""
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
@@ -252,10 +249,8 @@ def apply_params(x, p, size, spec):
 
 
 def resized_crop(x, top, left, height, width, size):
-    """Per-sample crop boxes resized to size x size with bilinear interpolation exactly as
-    torch's upsampling computes it (align_corners=False; source index clamped to the box).
-    Boxes are never larger than the image and the image never larger than `size` in this repository
-    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling.
+    """Per-sample crop boxes resized to size x size, bilinear as torch's upsampling (align_corners=False);
+    boxes are never larger than `size` (data is stored at --image-size), so no anti-aliasing is needed.
     Deviation of every method: bilinear; solo-learn and the official codes resize crops bicubically."""
     B, C, H, W = x.shape
     out = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
@@ -343,9 +338,8 @@ URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
 
 
 class Data:
-    """uint8 image tensors (N, 3, S, S), int64 labels (-1: unlabelled) and the class names.
-    train: the pretraining set; probe: the labelled set of the kNN bank and the linear evaluation;
-    test: evaluation; track_x: the fixed test images that --track-every measures."""
+    """uint8 images (N, 3, S, S), int64 labels (-1: unlabelled), class names. train: pretraining; probe: kNN
+    bank and linear evaluation; test: evaluation; track_x: the fixed test images --track-every measures."""
     def __init__(self, train, probe, test, class_names, mean, std, track=1000):
         (self.train_x, self.train_y), (self.probe_x, self.probe_y), (self.test_x, self.test_y) = train, probe, test
         self.class_names, self.classes = list(class_names), len(class_names)
@@ -706,10 +700,8 @@ PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.
 
 
 def make_shapes(n, size=32, seed=0):
-    """10 classes of filled shapes (SHAPE_NAMES), class = shape. Each image has a random position,
-    scale, rotation, foreground and background colour, striped background texture and pixel noise,
-    so only the shape carries the class. Rendered at 2x and average-pooled (anti-aliasing).
-    Deterministic from `seed`; 10,000 images at 32 px take about two seconds."""
+    """10 classes of filled shapes (SHAPE_NAMES) at random position, scale, rotation and colours, on stripes,
+    with noise: only the shape carries the class. Rendered at 2x and pooled; deterministic from `seed`."""
     g = torch.Generator().manual_seed(seed)
     u01 = lambda *shape: torch.rand(*shape, generator=g)
     labels = torch.randperm(n, generator=g) % len(SHAPE_NAMES)
@@ -763,9 +755,8 @@ def shape_mask(k, u, v):
 
 # ------------------------------------------------------------------ data: the loader
 class Loader:
-    """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
-    the device. The dataset is moved to the device once if it fits (else each batch is copied there).
-    With shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
+    """Shuffled full batches (uint8 images, labels) from the dataset on the device if it fits (else a batch is
+    copied there at a time). With shard=True each torchrun process gets its slice of every global batch."""
     def __init__(self, images, labels, batch_size, device, shard=True):
         fits = len(images) // WORLD_SIZE * WORLD_SIZE  # the largest global batch it allows, if 2 or more
         if batch_size > len(images):
@@ -796,10 +787,9 @@ class Loader:
 
 # ---------------------------------------------------------------------------------- evaluation
 class OnlineProbe:
-    """A linear classifier trained during pretraining on detached backbone features of view 1, with its
-    own AdamW (lr 1e-3), so the probe never shapes the representation. solo-learn's online probe, behind
-    the online numbers of several papers, differs: SGD lr 0.1 inside the encoder's optimizer and
-    schedule, on both views."""
+    """A linear classifier on detached features of view 1 with its own AdamW (lr 1e-3): it never shapes the
+    representation. solo-learn's (behind several papers' online numbers): SGD lr 0.1 in the encoder's
+    optimizer and schedule, on both views."""
     def __init__(self, dim, classes, device, lr=1e-3):
         self.linear = nn.Linear(dim, classes).to(device)
         self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0,
@@ -890,12 +880,10 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
 
 # -------------------------------------------------------------------------------- optimisation
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as in the official
-    Barlow Twins / VICReg code: update = g + wd * w, scaled by eta * ||w|| / ||update||. With clip
-    (solo-learn's clip_lr) the scale is min(eta * ||w|| / ||update|| / lr, 1), so the step is
-    min(eta * ratio, lr) * update. Groups with lars_exclude=True (biases, BatchNorm) get neither
-    weight decay nor the trust ratio. eta 0.02 is solo-learn's. Deviation of every method that uses it
-    with solo-learn's recipe: solo-learn's trust ratio divides by ||g|| + wd ||w||, not ||g + wd w||."""
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as the official Barlow Twins / VICReg
+    code: update = g + wd * w, scaled by eta ||w|| / ||update||; with clip (solo-learn's clip_lr) the step is
+    min(eta * ratio, lr) * update. lars_exclude groups (biases, BatchNorm) get neither. Deviation of every
+    method on solo-learn's recipe: solo-learn divides by ||g|| + wd ||w||, not ||g + wd w||."""
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=False):  # eta: solo-learn
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                       clip=clip, lars_exclude=False))
@@ -956,9 +944,7 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def seed_epoch(seed, epoch):
-    # Every epoch reseeds from (seed, epoch): the shuffle and augmentations of epoch e are the same
-    # whether the run was interrupted before it or not, so --resume needs no RNG state.
+def seed_epoch(seed, epoch):  # epoch e draws the same whether the run stopped before or not: --resume needs no RNG
     seed_everything(seed * 100_003 + epoch)
 
 
@@ -1277,13 +1263,13 @@ def get_parser(method, doc, recipes):
     opt.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
                      help="lars and sgd with momentum 0.9")
     opt.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
-                     help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio (solo-learn clip_lr)")
-    evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
-    evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
-                            help="offline linear evaluation epochs at the end (0: skip)")
-    evaluation.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
-                            "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
+                     help="LARS: step min(eta * trust ratio, lr), not lr * eta * trust ratio (solo-learn clip_lr)")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
+    ev.add_argument("--linear-epochs", type=nonnegative(int), default=0,
+                    help="offline linear evaluation epochs at the end (0: skip)")
+    ev.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis measures "
+                    "(effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
     run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
@@ -1533,7 +1519,7 @@ class Run:
 
     def check_finite(self, row, state):
         """Stop in one line, before the epoch is logged or saved, if a loss term or any value of the state
-        last.pt would hold is NaN or infinite (the last update can break the weights under a finite mean loss)."""
+        last.pt would hold is NaN or infinite (the last update can break weights under a finite mean loss)."""
         bad = [k for k, v in row.items() if not math.isfinite(v)]
         broken = {}
         for name, obj in state.items():
