@@ -36,10 +36,8 @@ import signal
 import sys
 import time
 import warnings
-try:
-    import fcntl  # POSIX; on Windows a run folder is claimed by mkdir only
-except ImportError:
-    fcntl = None
+if os.name != "nt":  # POSIX; on Windows a run folder is claimed by mkdir only
+    import fcntl
 
 import numpy as np
 import PIL.Image
@@ -1410,7 +1408,8 @@ def claim(args):
     release(path)  # an earlier run into it in this Python process (a notebook, the tests) is over
     f = open(os.path.join(path, ".lock"), "a+")
     try:
-        fcntl and fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.name != "nt":
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         return f.read().strip() or "unknown"
