@@ -37,7 +37,8 @@ import sys
 import tempfile
 import time
 import warnings
-fcntl = None if os.name == "nt" else __import__("fcntl")  # POSIX; on Windows a run folder is claimed by mkdir only
+if os.name != "nt":  # POSIX; on Windows a run folder is claimed by mkdir only
+    import fcntl
 
 import numpy as np
 import PIL.Image
@@ -49,15 +50,13 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-# Which process this is: set by torchrun for each process it starts (see setup_device); 0, 1, 0 for
-# a plain `python x.py`. Used throughout: only process 0 prints and writes files.
+# Which process this is, set by torchrun (0, 1, 0 for `python x.py`): only process 0 prints and writes files.
 RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d))
                                 for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
 
 
 def printable(text):
-    """Text that prints on any terminal: bytes of a file name that are not UTF-8 (caf\\xe9, unzipped from a
-    Latin-1 archive) show as \\xe9 escapes rather than end in a UnicodeEncodeError."""
+    """Text that prints anywhere: non-UTF-8 bytes of a file name show as \\xe9, not a UnicodeEncodeError."""
     return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
 
 
@@ -77,13 +76,12 @@ def warn(message):  # one line on stderr, from the first process only
 
 # ---------------------------------------------------------------------------------------- model
 class ResNet(torchvision.models.ResNet):
-    """torchvision's ResNet with a width multiplier (stage widths w, 2w, 4w, 8w) and a CIFAR stem
-    (3x3 stride-1 conv, no max-pool) for images under 64 px; no classifier: forward gives features.
-    Deviation of every method: the stem conv has padding 1 (torchvision style); solo-learn's CIFAR
-    stem uses padding 2."""
+    """torchvision's ResNet with stage widths w, 2w, 4w, 8w, a CIFAR stem (3x3 stride-1 conv, no max-pool)
+    under 64 px, no classifier. Deviation of every method: stem padding 1; solo-learn's CIFAR stem pads 2."""
     def __init__(self, block, layers, width=64, cifar_stem=True):
         nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
-        self._norm_layer, self.dilation, self.groups, self.base_width, self.inplanes = nn.BatchNorm2d, 1, 1, 64, width
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = width
         if cifar_stem:
             self.conv1, self.maxpool = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.Identity()
         else:
@@ -126,10 +124,9 @@ def projector(dims, batchnorm=True, last_bias=True, normalize=False):
 
 
 # -------------------------------------------------------------------------------- augmentation
-# Three choices here are for speed on the CPU, each measured by benchmarks/augment.py (which says why):
-# ops run on the index-selected samples they apply to, the crop is two matrix products, and the hue
-# rotation uses arithmetic masks. Each gives torchvision's values (tests/test_augment.py). The parameters
-# are drawn on the host, so the samples each op applies to are known without waiting for a GPU.
+# For speed (benchmarks/augment.py): ops run only on the samples they apply to, the crop is two matrix
+# products, the hue rotation uses arithmetic masks; each gives torchvision's values (tests/test_augment.py).
+# Parameters are drawn on the host, so which samples an op applies to is known without waiting for a GPU.
 def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0,
          blur_p=0.0, solarize_p=0.0):
     """One view's augmentation parameters. jitter = (brightness, contrast, saturation, hue)."""
@@ -186,10 +183,8 @@ BLUR_SIGMA = (0.1, 2.0)  # thesis B.1.1, BYOL, solo-learn: sigma uniform in [0.1
 
 
 def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
-    """Taps of the Gaussian blur kernel: 3 sigma each side of the largest sigma, 2 ceil(3 sigma) + 1 = 13,
-    at every image size. That is the support of PIL's GaussianBlur, which the official CorInfoMax and
-    solo-learn code blur with; a kernel of 10% of the side (BYOL's ImageNet rule: 3 taps at 32 px) would
-    cut a sigma of 2 down to an effective 0.8 on small images."""
+    """2 ceil(3 sigma_max) + 1 = 13 taps at every size, the support of PIL's GaussianBlur (official CorInfoMax,
+    solo-learn); BYOL's 10% of the side (3 taps at 32 px) would cut a sigma of 2 to an effective 0.8."""
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
@@ -255,10 +250,8 @@ def apply_params(x, p, size, spec):
 
 
 def resized_crop(x, top, left, height, width, size):
-    """Per-sample crop boxes resized to size x size with bilinear interpolation exactly as
-    torch's upsampling computes it (align_corners=False; source index clamped to the box).
-    Boxes are never larger than the image and the image never larger than `size` in this repository
-    (datasets are stored at --image-size), so no anti-aliasing is needed: that is upsampling.
+    """Per-sample crop boxes resized to size x size, bilinear as torch's upsampling (align_corners=False);
+    boxes are never larger than `size` (data is stored at --image-size), so no anti-aliasing is needed.
     Deviation of every method: bilinear; solo-learn and the official codes resize crops bicubically."""
     B, C, H, W = x.shape
     out = torch.arange(size, device=x.device, dtype=torch.float32) + 0.5
@@ -350,9 +343,8 @@ URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
 
 
 class Data:
-    """uint8 image tensors (N, 3, S, S), int64 labels (-1: unlabelled) and the class names.
-    train: the pretraining set; probe: the labelled set of the kNN bank and the linear evaluation;
-    test: evaluation; track_x: the fixed test images that --track-every measures."""
+    """uint8 images (N, 3, S, S), int64 labels (-1: unlabelled), class names. train: pretraining; probe: kNN
+    bank and linear evaluation; test: evaluation; track_x: the fixed test images --track-every measures."""
     def __init__(self, train, probe, test, class_names, mean, std, track=1000):
         (self.train_x, self.train_y), (self.probe_x, self.probe_y), (self.test_x, self.test_y) = train, probe, test
         self.class_names, self.classes = list(class_names), len(class_names)
@@ -470,13 +462,9 @@ CACHE_VERSION = 2  # raise it when decoding or resizing changes: caches of other
 
 
 def load_imagefolder(root, size, subset=None):
-    """<root>/train/<class>/... and <root>/val/<class>/... (any depth below the class folder): the
-    classes are train/'s, sorted, as torchvision's ImageFolder.classes (list_image_folder). Each image is
-    decoded once (decode_image, a pool of threads) and the set cached as <root>/cache-<size>px.pt (with
-    --train-subset k, cache-<size>px-subset<k>.pt, and only the sample is decoded). A cache is used only
-    for the folder it was made from: the same files with the same sizes and modification times (stamp).
-    Returns (train, val, class names, a summary of what was loaded, left out, read or written, and a
-    fingerprint: a hash of the class names and of the paths and sizes of the files loaded)."""
+    """<root>/train/<class>/... and <root>/val/<class>/... (list_image_folder), decoded once and cached as
+    <root>/cache-<size>px[-subset<k>].pt, used only while the files keep their sizes and times (stamp).
+    Returns (train, val, class names, a summary line, a fingerprint of the class names and files)."""
     if not all(os.path.isdir(os.path.join(root, s)) for s in ("train", "val")):
         fail(f"--data-dir {root}: --dataset imagefolder needs a folder with train/ and val/ class subfolders")
     files, names, left_out = list_image_folder(root)
@@ -486,24 +474,11 @@ def load_imagefolder(root, size, subset=None):
     sample = f" (a random sample, seed 0, of {total:,})" if len(files["train"]) < total else ""
     cache = os.path.join(root, f"cache-{size}px{f'-subset{subset}' if sample else ''}.pt")
     record = [[os.path.relpath(p, root), *stamp(p)] for split in ("train", "val") for p, _ in files[split]]
-    out, cached = {}, {}
-    if os.path.exists(cache):
-        try:
-            cached = load_file(cache)
-        except Exception as e:  # unreadable (no permission, cut short by a full disk): made again below
-            cached = {"error": e.__class__.__name__}
+    cached = read_cache(cache)
     if cached.get("version") == CACHE_VERSION and cached.get("files") == record and cached.get("classes") == names:
         out, failed, how = cached, cached["failed"], f"read {cache} (made from this folder as it is)"
     else:
-        check_memory(len(record), size)
-        failed = []
-        for split in ("train", "val"):
-            x, y, bad = decode_split(files[split], size, f"decoding {split}/")
-            if len(x) == 0:
-                fail(f"--data-dir {root}: no image of {split}/ could be decoded, e.g. {bad[0]}")
-            out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
-        if failed:
-            warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
+        out, failed = decode_folder(root, files, size, len(record))
         how = f"made {cache} again: {describe_change(cached, record)}" if cached else f"wrote {cache}"
         try:
             atomic_write(cache, {"version": CACHE_VERSION, "files": record, "classes": names, "failed": failed, **out})
@@ -519,17 +494,36 @@ def load_imagefolder(root, size, subset=None):
     return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary, fingerprint
 
 
+def read_cache(path):  # {} if there is none, {"error": kind} if it cannot be read (it is made again)
+    try:
+        return load_file(path) if os.path.exists(path) else {}
+    except Exception as e:  # no permission, cut short by a full disk, ...
+        return {"error": e.__class__.__name__}
+
+
+def decode_folder(root, files, size, n):
+    """Both splits decoded ({train_x, train_y, val_x, val_y}), and 'path (error)' for each file left out."""
+    check_memory(n, size)
+    out, failed = {}, []
+    for split in ("train", "val"):
+        x, y, bad = decode_split(files[split], size, f"decoding {split}/")
+        if len(x) == 0:
+            fail(f"--data-dir {root}: no image of {split}/ could be decoded, e.g. {bad[0]}")
+        out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
+    if failed:
+        warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
+    return out, failed
+
+
 def plural(n, word):
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def list_image_folder(root):
-    """The image files of train/ and val/ with their class, a folder directly under the split, listed as
-    torchvision's ImageFolder does (os.walk, sorted), except that hidden files and folders are skipped,
-    .gif counts as an image, and each real file is listed once per split (walk_class). The classes are
-    train/'s folders that hold an image. Each mismatch between the splits is a one-line warning naming
-    the classes and counts: val/ classes that train/ lacks are left out, train/ classes that val/ lacks
-    are not tested, an empty train/ folder is not a class, a single class makes accuracies moot.
+    """The image files of train/ and val/ with their class (a folder directly under the split), as
+    torchvision's ImageFolder lists them (sorted, links followed), except that hidden names are skipped,
+    .gif counts and each real file is listed once per split (walk_class). The classes are train/'s
+    folders with images; each mismatch between the splits is a one-line warning.
     Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
     found, left_out = {}, []
     for split in ("train", "val"):
@@ -615,9 +609,8 @@ def class_counts(train_y, val_y, names):
 
 
 def stamp(path):
-    """(size in bytes, modification time in ns): what tells that a file changed without reading it.
-    Content hashes would read every file, nearly as slow as decoding it; size and time are what make and
-    rsync use. An edit that keeps both (rare, deliberate) goes unnoticed: delete the cache then."""
+    """(size, modification time in ns), as make and rsync tell a change: a content hash would read every
+    file, nearly as slow as decoding it. An edit that keeps both goes unnoticed: delete the cache then."""
     s = os.stat(path)
     return s.st_size, s.st_mtime_ns
 
@@ -629,28 +622,21 @@ def describe_change(cached, new):
     if cached.get("version") != CACHE_VERSION:
         return "the old one was made by another version of this code"
     old, new = {r[0]: r[1:] for r in cached["files"]}, {r[0]: r[1:] for r in new}
-    added, removed = len(new.keys() - old.keys()), len(old.keys() - new.keys())
-    changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
-    if added or removed or changed:
-        return f"the folder changed since ({added} files added, {removed} removed, {changed} changed)"
-    return "the class list changed since"
+    if old == new:
+        return "the class list changed since"
+    changed = sum(new[k] != old[k] for k in new.keys() & old.keys())
+    return (f"the folder changed since ({len(new.keys() - old.keys())} files added, "
+            f"{len(old.keys() - new.keys())} removed, {changed} changed)")
 
 
 def available_memory():
-    """Bytes of memory available to a new allocation (MemAvailable on Linux), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/meminfo") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
 
 
 def check_memory(n, size):
-    """Refuse, in one line and before decoding anything, a set that would not fit in memory decoded:
-    n images of 3 x size x size bytes against 80% of the available memory."""
+    """Refuse, before decoding, n images of 3 x size x size bytes that need over 80% of the free memory."""
     need, available = 3 * size * size * n, available_memory()
     if available and need > 0.8 * available:
         fits = max(8, int(math.sqrt(0.8 * available / (3 * n))))
@@ -659,9 +645,8 @@ def check_memory(n, size):
 
 
 def decode_split(files, size, desc):
-    """Decode [(path, label)] into uint8 (N, 3, size, size) in a pool of threads (PIL and the resize
-    release the GIL while they work), each image written in place into one preallocated tensor.
-    Returns the images, their labels, and 'path (error)' for each file that could not be decoded."""
+    """Decode [(path, label)] into one uint8 (N, 3, size, size) tensor with a pool of threads (PIL and the
+    resize release the GIL). Returns the images, their labels, and 'path (error)' for each undecodable file."""
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     errors = [None] * len(files)
 
@@ -689,12 +674,9 @@ def decode_split(files, size, desc):
 
 
 def decode_image(path, size):
-    """One image file as uint8 RGB (3, size, size): decoded by PIL (every format torchvision's
-    ImageFolder lists, and GIF; the first frame of an animation), converted to RGB in 0-255 whatever its
-    mode or bit depth (pil_to_rgb), its shorter side resized to `size` (antialiased bilinear) and the
-    centre cropped. A JPEG is first decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least
-    `size` pixels on each side (PIL's draft mode): much faster for small sizes. EXIF orientation is not
-    applied (as torchvision's ImageFolder)."""
+    """One image file (the first frame of an animation) as uint8 RGB (3, size, size), resized as
+    resize_images. PIL's draft mode decodes a JPEG at 1/2-1/8 scale when that keeps `size` px: much faster.
+    EXIF orientation is not applied (as torchvision's ImageFolder)."""
     with PIL.Image.open(path) as img:
         img.draft("RGB", (size, size))
         rgb = torch.from_numpy(pil_to_rgb(img)).permute(2, 0, 1)            # (3, H, W) uint8
@@ -702,11 +684,8 @@ def decode_image(path, size):
 
 
 def pil_to_rgb(img):
-    """uint8 (H, W, 3) in 0-255 from a PIL image of any mode. 16-bit modes ('I;16', 'I;16B', ... and
-    'I', in which Pillow decodes 16-bit PNG, TIFF and PPM data) are scaled from 0-65535, floating point
-    ('F') from 0-1 when its values lie there, else clipped to 0-255; every other mode (1-bit, grey,
-    palette, RGBA, CMYK, YCbCr, LAB, HSV, ...) goes through PIL's conversion to RGB, which drops an
-    alpha channel (as torchvision's ImageFolder does)."""
+    """uint8 (H, W, 3) from a PIL image of any mode: 16-bit ('I;16...', and 'I', as Pillow reads 16-bit
+    PNG/TIFF) scaled from 0-65535, 'F' from 0-1 if it lies there (else clipped); others by PIL's convert."""
     if img.mode == "F" or img.mode.startswith("I"):
         a = np.nan_to_num(np.asarray(img, dtype=np.float64))
         scale = 255 / 65535 if img.mode != "F" else 255.0 if a.max(initial=0) <= 1 else 1.0
@@ -739,10 +718,8 @@ PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.
 
 
 def make_shapes(n, size=32, seed=0):
-    """10 classes of filled shapes (SHAPE_NAMES), class = shape. Each image has a random position,
-    scale, rotation, foreground and background colour, striped background texture and pixel noise,
-    so only the shape carries the class. Rendered at 2x and average-pooled (anti-aliasing).
-    Deterministic from `seed`; 10,000 images at 32 px take about two seconds."""
+    """10 classes of filled shapes (SHAPE_NAMES) at random position, scale, rotation and colours, on stripes,
+    with noise: only the shape carries the class. Rendered at 2x and pooled; deterministic from `seed`."""
     g = torch.Generator().manual_seed(seed)
     u01 = lambda *shape: torch.rand(*shape, generator=g)
     labels = torch.randperm(n, generator=g) % len(SHAPE_NAMES)
@@ -796,9 +773,8 @@ def shape_mask(k, u, v):
 
 # ------------------------------------------------------------------ data: the loader
 class Loader:
-    """Shuffled batches (uint8 images, labels), the last partial batch dropped, straight from tensors on
-    the device. The dataset is moved to the device once if it fits (else each batch is copied there).
-    With shard=True each process of a torchrun job gets its slice of every global batch of batch_size."""
+    """Shuffled full batches (uint8 images, labels) from the dataset on the device if it fits (else a batch is
+    copied there at a time). With shard=True each torchrun process gets its slice of every global batch."""
     def __init__(self, images, labels, batch_size, device, shard=True):
         fits = len(images) // WORLD_SIZE * WORLD_SIZE  # the largest global batch it allows, if 2 or more
         if batch_size > len(images):
@@ -829,10 +805,9 @@ class Loader:
 
 # ---------------------------------------------------------------------------------- evaluation
 class OnlineProbe:
-    """A linear classifier trained during pretraining on detached backbone features of view 1, with its
-    own AdamW (lr 1e-3), so the probe never shapes the representation. solo-learn's online probe, behind
-    the online numbers of several papers, differs: SGD lr 0.1 inside the encoder's optimizer and
-    schedule, on both views."""
+    """A linear classifier on detached features of view 1 with its own AdamW (lr 1e-3): it never shapes the
+    representation. solo-learn's (behind several papers' online numbers): SGD lr 0.1 in the encoder's
+    optimizer and schedule, on both views."""
     def __init__(self, dim, classes, device, lr=1e-3):
         self.linear = nn.Linear(dim, classes).to(device)
         self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0,
@@ -936,12 +911,10 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
 
 # -------------------------------------------------------------------------------- optimisation
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as in the official
-    Barlow Twins / VICReg code: update = g + wd * w, scaled by eta * ||w|| / ||update||. With clip
-    (solo-learn's clip_lr) the scale is min(eta * ||w|| / ||update|| / lr, 1), so the step is
-    min(eta * ratio, lr) * update. Groups with lars_exclude=True (biases, BatchNorm) get neither
-    weight decay nor the trust ratio. eta 0.02 is solo-learn's. Deviation of every method that uses it
-    with solo-learn's recipe: solo-learn's trust ratio divides by ||g|| + wd ||w||, not ||g + wd w||."""
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as the official Barlow Twins / VICReg
+    code: update = g + wd * w, scaled by eta ||w|| / ||update||; with clip (solo-learn's clip_lr) the step is
+    min(eta * ratio, lr) * update. lars_exclude groups (biases, BatchNorm) get neither. Deviation of every
+    method on solo-learn's recipe: solo-learn divides by ||g|| + wd ||w||, not ||g + wd w||."""
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=False):  # eta: solo-learn
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                       clip=clip, lars_exclude=False))
@@ -1002,9 +975,7 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def seed_epoch(seed, epoch):
-    # Every epoch reseeds from (seed, epoch): the shuffle and augmentations of epoch e are the same
-    # whether the run was interrupted before it or not, so --resume needs no RNG state.
+def seed_epoch(seed, epoch):  # epoch e draws the same whether the run stopped before or not: --resume needs no RNG
     seed_everything(seed * 100_003 + epoch)
 
 
@@ -1049,11 +1020,10 @@ PROGRESS_SECONDS = 30  # without a terminal (output piped to a file), a progress
 
 
 class Progress(tqdm):
-    """tqdm's bar on a terminal. When the output goes to a file or a pipe, where a bar would show nothing,
-    a plain line on stdout at most every PROGRESS_SECONDS instead (tqdm's mininterval, with the last
-    set_postfix values), so a log never sits silent for minutes. Only process 0 shows anything."""
+    """tqdm's bar on a terminal. Piped to a file, where a bar shows nothing, a plain line on stdout every
+    PROGRESS_SECONDS (tqdm's mininterval) instead, so a log never sits silent. Only process 0 shows it."""
     def __init__(self, iterable, total, desc, unit="step"):
-        self.piped, self.printed = not sys.stderr.isatty(), time.time()
+        self.piped = not sys.stderr.isatty()
         super().__init__(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                          disable=RANK > 0, file=sys.stdout if self.piped else None,
                          mininterval=PROGRESS_SECONDS if self.piped else 1.0)
@@ -1064,8 +1034,7 @@ class Progress(tqdm):
     def display(self, msg=None, pos=None):
         if not self.piped:
             return super().display(msg, pos)
-        if msg is None and 0 < self.n < self.total and time.time() - self.printed >= PROGRESS_SECONDS:
-            self.printed = time.time()
+        if msg is None and 0 < self.n < self.total:  # not the first and last refresh
             rate = self.n / (self._time() - self.start_t)
             print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}s/s "
                   f"{self.postfix or ''}".rstrip(), flush=True)
@@ -1085,18 +1054,13 @@ class Meter:
         return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
 
 
-# =================================================================================================
-# Plumbing below this line: running on several processes, the command line and recipes, and the run
-# folder. A reader of a method file can stop here.
-# =================================================================================================
+# ============================== plumbing below: a reader of a method file can stop here ==============
 
 
 # ------------------------------------------------------------------------- several processes
-# torchrun (--nproc_per_node=N, --nnodes=M) starts one process per GPU and sets RANK, WORLD_SIZE and
-# LOCAL_RANK. --batch-size is the global batch: each process takes its slice of every global batch,
-# so a recipe's lr means the same on 1 or 8 GPUs and nothing is rescaled. Every process draws the
-# same random numbers (same seed): the shuffle, the augmentation parameters of the whole global batch
-# (each process keeps its slice) and the masks, so N processes train like one with the global batch.
+# torchrun starts one process per GPU. --batch-size is the global batch, of which each process takes its
+# slice, so a recipe's lr means the same on 1 or 8 GPUs. Every process draws the same random numbers (the
+# shuffle, the augmentation of the whole global batch, the masks): N processes train like one.
 
 
 def get_device(name):
@@ -1110,9 +1074,8 @@ def get_device(name):
 
 
 def busy_cores(samples=5):
-    """How many of this process's cores other processes are using now: the kernel's count of running
-    tasks (/proc/stat procs_running, Linux; the median of a few samples 10 ms apart) minus this one,
-    scaled to the cores this process may use (a container may see a whole host's tasks). 0 elsewhere."""
+    """Cores of this process that others use now: Linux's procs_running less this one (median of samples
+    10 ms apart), scaled to the cores this process may use (a container sees the host's tasks). 0 elsewhere."""
     counts = []
     for _ in range(samples):
         try:
@@ -1126,10 +1089,8 @@ def busy_cores(samples=5):
 
 
 def choose_threads():
-    """CPU threads when --threads is not given: torch's default (one per core, or OMP_NUM_THREADS when
-    set), less the cores other processes are busy with at startup. Every op waits for its slowest thread,
-    so a thread that shares its core with another process stalls every op: beside two busy processes on
-    2 cores the quick start took 3.1x longer with 2 threads and 1.5x with 1 (benchmarks/busy.py)."""
+    """torch's threads (one per core, or OMP_NUM_THREADS) less the cores others are busy with: every op waits
+    for its slowest thread, and one sharing a core stalls them all (benchmarks/busy.py: 3.1x vs 1.5x)."""
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" in os.environ:
         return threads
@@ -1137,9 +1098,8 @@ def choose_threads():
 
 
 def setup_device(args):
-    """The training device of this process (--device; auto: CUDA, then MPS, then CPU), with --threads CPU
-    threads. Under torchrun also joins the process group (NCCL on CUDA, gloo on CPU). Records the device
-    used and world_size in args (args.json)."""
+    """This process's device (--device) and --threads; under torchrun it joins the process group (NCCL on
+    CUDA, gloo on CPU). Records the device, threads and world_size in args (args.json)."""
     if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):  # piped to a file: each line as it
         sys.stdout.reconfigure(line_buffering=True)                       # is printed, not minutes later
     args.threads = args.threads or choose_threads()  # recorded in args.json: a --resume uses the same number
@@ -1161,8 +1121,10 @@ def setup_device(args):
         else:
             default_hook(kind, e, tb)
     sys.excepthook = one_line
-    if WORLD_SIZE == 1:
-        return device
+    return device if WORLD_SIZE == 1 else join_processes(args, device)
+
+
+def join_processes(args, device):  # under torchrun: refuse what does not work there, join the group
     if device.type not in ("cuda", "cpu"):
         fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
     if args.compile:
@@ -1177,9 +1139,8 @@ def setup_device(args):
     if not dist.is_initialized():
         # timeout: the others wait while the first process of a machine downloads or decodes the data (minutes)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-        # Leave the group while Python is still whole: gloo's worker threads can otherwise be torn
-        # down during interpreter finalisation and abort the process at exit (SIGABRT, "terminate
-        # called without an active exception"; pytorch PR 179291), failing a run that had finished.
+        # Leave the group while Python is whole: gloo's threads torn down during finalisation abort a
+        # finished run at exit (SIGABRT; pytorch PR 179291).
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return device
 
@@ -1191,15 +1152,11 @@ def shard(x):
 
 
 def gather(x):
-    """The global batch: concatenation along dim 0 of every process's x, in rank order (so rows are
-    in the order of one process with the global batch); with gradient. The identity on one process.
-    Each main() gathers what its loss needs as the global batch (SimCLR negatives, covariances, ...),
-    so the loss functions themselves are plain tensor functions.
-    Why the backward sums: every process computes the same loss L from the gathered global batch, and
-    torch's all_gather backward reduce-scatters (sums over processes, keeps this process's rows):
-    W dL/d(own rows). DDP then averages parameter gradients over the W processes, so each sample's
-    gradient counts exactly once. Keeping only the local gradient without the sum (the bug of lightly
-    GitHub issue #1528) would lose the part that flows through other processes' losses."""
+    """The global batch: every process's x concatenated in rank order, with gradient (the identity on one
+    process); main() gathers what its loss needs, so losses stay plain tensor functions.
+    Why the backward sums: every process computes the same loss L of the global batch, and all_gather's
+    backward reduce-scatters: W dL/d(own rows). DDP averages over the W processes, so each sample counts
+    once; the local gradient alone (lightly issue #1528) would lose what flows through the others' losses."""
     if WORLD_SIZE == 1 or not dist.is_initialized():
         return x
     from torch.distributed.nn.functional import all_gather  # imported here: needs a distributed build
@@ -1300,10 +1257,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def get_parser(method, doc, recipes):
-    """The shared parser, its flags in groups (data, model, optimisation, evaluation, run); a method file
-    adds its own group. `recipes` is the method file's table: recipes["all"] holds the method's values
-    for every dataset, recipes[<dataset>] what differs per dataset. Precedence, lowest first: the
-    defaults below, recipes["all"], the dataset's recipe, flags given on the command line."""
+    """The shared flags in groups; a method file adds its own. recipes["all"]: the method's values for every
+    dataset, recipes[<dataset>]: what differs. Precedence: defaults below, "all", the dataset's, the flags."""
     epilog = (f"Defaults depend on --dataset. Each flag shows its value for every dataset ({method}.py's "
               f"RECIPES['all'] over common.py's), then the datasets whose recipe (RECIPES near the top of "
               f"{method}.py) sets another. Flags given on the command line win over both. The program "
@@ -1327,34 +1282,28 @@ def get_parser(method, doc, recipes):
     model.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"], help="backbone")
     model.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
     model.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    optimisation = p.add_argument_group("optimisation")
-    optimisation.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
-    optimisation.add_argument("--images", type=nonnegative(int), default=0, help="train on about N images in all: "
-                              "--epochs = N / training images, at least 1 (0: --epochs; a given --epochs wins)")
-    optimisation.add_argument("--batch-size", default=256, help="global batch (all processes together)",
-                              type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
-    optimisation.add_argument("--lr", type=positive(float), default=0.3,
-                              help="peak learning rate, for the global batch")
-    optimisation.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
-    optimisation.add_argument("--warmup-lr", type=nonnegative(float), default=0.0,
-                              help="start of the linear warmup")
-    optimisation.add_argument("--warmup-epochs", type=nonnegative(float), default=10,
-                              help="linear warmup length")
-    optimisation.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
-                              help="weight decay (not on biases and BatchNorm)")
-    optimisation.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
-                              help="lars and sgd with momentum 0.9")
-    optimisation.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
-                              help="LARS: step min(eta * trust ratio, lr) instead of lr * eta * trust ratio "
-                                   "(solo-learn clip_lr)")
-    evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-every", type=positive(int), default=10,
-                            help="kNN / probe test every N epochs")
-    evaluation.add_argument("--linear-epochs", type=nonnegative(int), default=0,
-                            help="offline linear evaluation epochs at the end (0: skip)")
-    evaluation.add_argument("--track-every", type=nonnegative(int), default=0,
-                            help="every K epochs log analysis measures (effective rank, I(R;Z), AAC, uniformity, "
-                                 "...) of 1,000 test images; 0: off")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=positive(int), default=100, help="training epochs")
+    opt.add_argument("--images", type=nonnegative(int), default=0, help="train on about N images in all: "
+                     "--epochs = N / training images, at least 1 (0: --epochs; a given --epochs wins)")
+    opt.add_argument("--batch-size", default=256, help="global batch (all processes together)",
+                     type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
+    opt.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate, for the global batch")
+    opt.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
+    opt.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
+    opt.add_argument("--warmup-epochs", type=nonnegative(float), default=10, help="linear warmup length")
+    opt.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
+                     help="weight decay (not on biases and BatchNorm)")
+    opt.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
+                     help="lars and sgd with momentum 0.9")
+    opt.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
+                     help="LARS: step min(eta * trust ratio, lr), not lr * eta * trust ratio (solo-learn clip_lr)")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
+    ev.add_argument("--linear-epochs", type=nonnegative(int), default=0,
+                    help="offline linear evaluation epochs at the end (0: skip)")
+    ev.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis measures "
+                    "(effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
     run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
@@ -1373,9 +1322,8 @@ def get_parser(method, doc, recipes):
 
 
 def given_flags(parser, argv, args):
-    """Names of the arguments given on the command line. Parses again over a namespace of
-    placeholders: argparse fills in defaults only where nothing is set, so whatever is not a
-    placeholder afterwards was given."""
+    """Names of the arguments given on the command line: parsed again over placeholders, which argparse
+    replaces only where a flag is given (defaults fill only what is unset)."""
     unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
     return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
 
@@ -1426,8 +1374,7 @@ def parse_args(parser, argv=None):
 
 # ----------------------------------------------------------------------------------- run folder
 def to_json(obj, **kwargs):
-    """json.dumps that writes a NaN or infinite float as null (JSON has no NaN): every JSON file this
-    repository writes is valid JSON. Where a value is undefined, the writer says why next to it."""
+    """json.dumps with a NaN or infinite float as null (JSON has no NaN): every file written is valid JSON."""
     def clean(o):
         if isinstance(o, dict):
             return {k: clean(v) for k, v in o.items()}
@@ -1438,10 +1385,8 @@ def to_json(obj, **kwargs):
 
 
 def atomic_write(path, data, on_disk=None):
-    """Write text (str) or a torch.save-able object to a temp file, then rename it over `path`:
-    a crash mid-write leaves the old file whole. A checkpoint is read back before the rename, so a
-    short write (full disk) never replaces a good file. A failed write ends in one line on stderr that
-    says what is on disk (on_disk: the caller's words for it)."""
+    """Write text or a torch.save-able object (read back: a short write never replaces a good file) to a
+    temp file renamed over `path`. A failure is one line that says what is on disk (on_disk, or the old file)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         if isinstance(data, str):
@@ -1467,10 +1412,10 @@ def load_file(path):  # mmap: no copy in memory, where torch can (it opens only 
 
 def flat_values(obj, prefix=""):
     """(dotted name, value) of every leaf of a nested state_dict (dicts, lists, tuples)."""
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else None
-    if items is None:
+    if not isinstance(obj, (dict, list, tuple)):
         yield prefix[:-1], obj
-    for k, v in items or ():
+        return
+    for k, v in obj.items() if isinstance(obj, dict) else enumerate(obj):
         yield from flat_values(v, f"{prefix}{k}.")
 
 
@@ -1485,9 +1430,8 @@ CLAIMS = {}  # run folder -> its open .lock file: the folder is this process's w
 
 
 def claim(args):
-    """Claim <out>/<name> before anything is written into it: a lock (flock) on its .lock file, which the kernel
-    releases when the process ends however it ends (a killed run leaves no stale claim). Without --name: made
-    here as method-dataset-time (-2, -3, ... for runs of the same second). Returns the holder's pid, or None."""
+    """Claim <out>/<name> (made here as method-dataset-time[-k] without --name) by a flock on its .lock file,
+    which the kernel drops however the process ends. Returns the pid of another holder, or None."""
     os.makedirs(args.out, exist_ok=True)
     if args.name is None:
         stem = f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -1501,7 +1445,8 @@ def claim(args):
     release(path)  # an earlier run into it in this Python process (a notebook, the tests) is over
     f = open(os.path.join(path, ".lock"), "a+")
     try:
-        fcntl and fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.name != "nt":
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         return f.read().strip() or "unknown"
@@ -1518,10 +1463,8 @@ def release(path):  # the claim of this process on a run folder ends (at exit it
 
 class Run:
     """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
-    Each method's main() calls, in this order: Run(...) (claims the folder, reads last.pt on --resume),
-    start (writes args.json, restores or records the random-initialisation baseline), then per epoch
-    check_finite, log, save (and stopped for --stop-after), and finish at the end. Every message about
-    what is on disk names the epoch last.pt holds (self.saved), or says that none was written."""
+    main() calls Run(...), start, then per epoch check_finite, log, save (stopped for --stop-after), finish.
+    Every message about what is on disk names the epoch last.pt holds (self.saved), or that there is none."""
 
     def __init__(self, args, script, device):
         self.args, self.script, self.device = args, script, device
@@ -1566,8 +1509,7 @@ class Run:
         self.seconds, self.last_eval, self.save_seconds = 0.0, {}, 0.0
         signal.signal(signal.SIGINT, self.interrupted)  # from here on, data loading included
 
-    def on_disk(self):
-        """What last.pt holds, in words, for messages."""
+    def on_disk(self):  # what last.pt holds, in words, for messages
         if self.saved is None:
             return "no checkpoint was written, nothing to resume"
         return f"{self.ckpt_path} holds epoch {self.saved}; continue with --resume {self.dir}"
@@ -1622,10 +1564,8 @@ class Run:
         return Progress(loader, len(loader), f"epoch {epoch + 1}/{self.args.epochs}")
 
     def check_finite(self, row, state):
-        """Stop in one line, before anything of the epoch is logged or saved, if a logged loss term of
-        the epoch is NaN or infinite, or if any value of the state last.pt would hold is (weights,
-        optimizer state, a method's own state: running covariances, alpha, a predictor, ...): the last
-        update of an epoch can break the weights while the epoch's mean loss is still finite."""
+        """Stop in one line, before the epoch is logged or saved, if a loss term or any value of the state
+        last.pt would hold is NaN or infinite (the last update can break weights under a finite mean loss)."""
         bad = [k for k, v in row.items() if not math.isfinite(v)]
         broken = {}
         for name, obj in state.items():
@@ -1653,8 +1593,8 @@ class Run:
                         if k not in ("world_size", "global_batch")))
 
     def save(self, epoch, state):
-        """last.pt = {"epoch", "args", "state": {name: obj.state_dict()}}, written atomically when --save-every says
-        (default: while writing has taken at most 2% of the training time), at the last epoch and --stop-after."""
+        """last.pt = {"epoch", "args", "state": {name: state_dict}} when --save-every says (default: while writing
+        has taken at most 2% of the training time), and at the last epoch and --stop-after."""
         every, end = self.args.save_every, epoch >= min(self.args.epochs, self.args.stop_after or self.args.epochs)
         if not (end or (epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds)):
             return

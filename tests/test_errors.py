@@ -183,7 +183,8 @@ def test_every_part_of_the_state_is_checked_and_the_message_says_what_is_on_disk
 
     import common
     import signal
-    args = argparse.Namespace(out=str(tmp_path), name="r", resume=None, epochs=5, batch_size=8, lr=0.3)
+    args = argparse.Namespace(out=str(tmp_path), name="r", resume=None, epochs=5, batch_size=8, lr=0.3,
+                              save_every=0, stop_after=None)
     handler = signal.getsignal(signal.SIGINT)
     run = common.Run(args, __file__, torch.device("cpu"))
     signal.signal(signal.SIGINT, handler)

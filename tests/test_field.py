@@ -59,7 +59,8 @@ def images(root, layout):
 # ------------------------------------------------------------------ 1. two runs, one run folder
 def run_args(tmp_path, **kw):
     return argparse.Namespace(**{"out": str(tmp_path), "name": None, "resume": None, "method": "simclr",
-                                 "dataset": "shapes", "epochs": 1, "batch_size": 8, "lr": 0.1, **kw})
+                                 "dataset": "shapes", "epochs": 1, "batch_size": 8, "lr": 0.1, "save_every": 0,
+                                 "stop_after": None, **kw})
 
 
 def test_default_names_of_one_second_are_made_unique_by_the_claim(tmp_path, monkeypatch):
