@@ -29,6 +29,15 @@ def run_script(script, *args, env=None, check=True):
     return result
 
 
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """A main() run in this process sets torch's threads (setup_device): give them back after each test, so
+    that a test's in-process runs do not depend on which tests ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def run():
     return run_script

@@ -264,11 +264,13 @@ assert not common.channels_last(torch.device("cpu"), 129)
 def test_one_line_errors_of_gpus_and_torchrun(monkeypatch, capsys):
     import argparse
     args = argparse.Namespace(threads=1, device="cpu", batch_size=64, image_size=32, compile=True, name="x")
+    # setup_device sets the process's threads and excepthook: keep both for the tests that run after this one
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     monkeypatch.setattr(common, "WORLD_SIZE", 2)  # torchrun: --compile is refused before joining the group
     with pytest.raises(SystemExit, match="--compile: not under torchrun"):
         common.setup_device(args)
     monkeypatch.setattr(common, "WORLD_SIZE", 1)
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     common.setup_device(args)
     sys.excepthook(torch.cuda.OutOfMemoryError, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried ..."), None)
     err = capsys.readouterr().err

@@ -67,7 +67,7 @@ def test_two_processes_train_like_one_with_the_global_batch(runs, name):
     assert log2[1]["global_batch"] == log1[1]["global_batch"] == 32
     for key, value in log1[1].items():  # every loss term (means over both steps) and the evaluations
         if key in ("knn_acc", "probe_acc"):  # float noise in the weights may flip a test image or two
-            assert log2[1][key] == pytest.approx(value, abs=2 / 2000), key
+            assert log2[1][key] == pytest.approx(value, abs=2.5 / 2000), key  # two images
         elif key not in ("seconds", "images_per_sec", "world_size"):
             assert log2[1][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     assert log2[0]["knn_acc"] == log1[0]["knn_acc"]  # the same random initialisation
