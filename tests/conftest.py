@@ -29,13 +29,16 @@ def run_script(script, *args, env=None, check=True):
     return result
 
 
+THREADS = torch.get_num_threads()  # the suite's (OMP_NUM_THREADS above)
+
+
 @pytest.fixture(autouse=True)
 def keep_threads():
-    """A main() run in this process sets torch's threads (setup_device): give them back after each test, so
-    that a test's in-process runs do not depend on which tests ran before it."""
-    threads = torch.get_num_threads()
+    """A main() run in this process sets torch's threads (setup_device): every test starts and ends with
+    the suite's, so that in-process runs do not depend on which tests ran before them."""
+    torch.set_num_threads(THREADS)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture
