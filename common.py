@@ -372,7 +372,9 @@ def load_data(args):
         probe, names, summary = train, SHAPE_NAMES, f"shapes: {len(train[0]):,} training images generated (seed 0)"
     elif args.dataset in URLS:
         (full, full_probe, test), names = load_torchvision(args.dataset, args.data_dir)
-        train, probe = random_subset(full, subset), random_subset(full_probe, subset)
+        resized = lambda split: (resize_images(split[0], size), split[1])  # the other sets are made at `size`
+        train, test = resized(random_subset(full, subset)), resized(test)  # the probe set: the same images,
+        probe = resized(random_subset(full_probe, subset)) if args.dataset == "stl10" else train  # or STL's
         summary = (f"{args.dataset}: {len(train[0]):,} training images" +
                    (f" (a random sample, seed 0, of {len(full[0]):,})" if len(train[0]) < len(full[0]) else ""))
     else:
@@ -383,7 +385,6 @@ def load_data(args):
     if getattr(args, "images", 0):  # a budget of images (the laptop recipe's): epochs follow the set's size
         args.epochs = max(1, round(args.images / len(train[0])))
         summary += f"; --images {args.images:,}: {args.epochs} epochs"
-    train, probe, test = [(resize_images(x, size), y) for x, y in (train, probe, test)]
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
     args.normalize = {"mean": list(mean), "std": list(std)}  # in args.json and last.pt: to use the backbone elsewhere
     found = (f"{args.dataset}: {len(train[0])} train, {len(probe[0])} kNN bank, {len(test[0])} test images, "
@@ -773,9 +774,12 @@ def shape_mask(k, u, v):
 
 # ------------------------------------------------------------------ data: the loader
 class Loader:
-    """Shuffled full batches (uint8 images, labels) from the dataset on the device if it fits (else a batch is
-    copied there at a time). With shard=True each torchrun process gets its slice of every global batch."""
-    def __init__(self, images, labels, batch_size, device, shard=True):
+    """Shuffled full batches (uint8 images, labels) from the dataset on the device if it fits there next to
+    `need` bytes of training memory, else a batch copied there at a time (a set put there before is reused).
+    With shard=True each torchrun process gets its slice of every global batch."""
+    placed = torch.utils.weak.WeakIdKeyDictionary()  # host images -> (device, their copy there), while alive
+
+    def __init__(self, images, labels, batch_size, device, shard=True, need=0):
         fits = len(images) // WORLD_SIZE * WORLD_SIZE  # the largest global batch it allows, if 2 or more
         if batch_size > len(images):
             fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); " + (
@@ -783,12 +787,14 @@ class Loader:
                  f"a batch needs 2 or more: use --train-subset {batch_size} or more (0: all images), or add images"))
         self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
-        on_device = images.numel() < 0.5 * free
+        there, self.images = self.placed.get(images, (None, images))  # put there before (for linear_eval)
+        if there != device and device.type != "cpu" and images.numel() + need <= free:  # else in CPU memory
+            self.images = images.to(device)  # (not pinned: pinning makes one more copy of the set)
+            self.placed[images] = device, self.images
         if device.type == "cuda" and shard:
-            where = "on the GPU" if on_device else "in CPU memory, a batch copied at a time"
-            print0(f"data: {images.numel() / 1e9:.1f} GB of images {where} ({free / 1e9:.1f} GB free; on the GPU "
-                   "when under half of that)")
-        self.images = images.to(device) if on_device else images  # not pinned: that is one more copy of the set
+            where = "in CPU memory" if self.images is images else "on the GPU"
+            print0(f"data: {images.numel() / 1e9:.1f} GB of images {where} ({free / 1e9:.1f} GB free on the "
+                   f"GPU, where training needs about {need / 1e9:.1f} GB: on the GPU when both fit)")
         self.labels = labels.to(self.images.device)
 
     def __len__(self):
@@ -838,8 +844,7 @@ def extract_features(backbone, images, data, device, batch_size=512, views=None)
     eval mode, in float32: never under autocast, whose bf16 floors every spectrum near 1e-7 of its top value."""
     was_training, out = backbone.training, []
     backbone.eval()
-    for chunk in images.split(batch_size):
-        chunk = chunk.to(device)
+    for chunk in (c.to(device) for c in images.split(batch_size)):
         out.append([backbone(x) for x in (views(chunk) if views else (data.normalize(chunk),))])
     backbone.train(was_training)
     features = tuple(torch.cat(parts) for parts in zip(*out))
@@ -877,13 +882,11 @@ def pixel_knn_accuracy(data, device):
 
 def evaluate(backbone, probe, data, device):
     """kNN accuracy, and the online probe's test accuracy when a probe is given."""
-    train_f = extract_features(backbone, data.probe_x, data, device)
-    test_f = extract_features(backbone, data.test_x, data, device)
+    bank, test = (extract_features(backbone, x, data, device) for x in (data.probe_x, data.test_x))
     test_y = data.test_y.to(device)
-    out = {"knn_acc": knn_accuracy(train_f, data.probe_y.to(device), test_f, test_y, data.classes)}
+    out = {"knn_acc": knn_accuracy(bank, data.probe_y.to(device), test, test_y, data.classes)}
     if probe is not None:
-        with torch.no_grad():
-            out["probe_acc"] = (probe.linear(test_f).argmax(1) == test_y).float().mean().item()
+        out["probe_acc"] = (probe.linear(test).argmax(1) == test_y).float().mean().item()
     return out
 
 
@@ -905,8 +908,7 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
             loss.backward()
             optimizer.step()
     test_f = extract_features(backbone, data.test_x, data, device)
-    with torch.no_grad():
-        return (classifier(test_f).argmax(1) == data.test_y.to(device)).float().mean().item()
+    return (classifier(test_f).argmax(1) == data.test_y.to(device)).float().mean().item()
 
 
 # -------------------------------------------------------------------------------- optimisation
@@ -982,9 +984,24 @@ def seed_epoch(seed, epoch):  # epoch e draws the same whether the run stopped b
 def autocast(device):
     """bf16 autocast on GPUs that compute it natively (compute capability 8.0+: A100, H100, RTX 30xx), losses
     in float32; float32 elsewhere (V100, T4 only emulate bf16; fp16 would need a GradScaler in every step)."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16(device) else contextlib.nullcontext()
+
+
+def bf16(device):  # whether autocast computes in bf16 on this device
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def training_memory(args):
+    """GPU memory (bytes) a training step needs, estimated: what autograd keeps of the backbone (counted on
+    the meta device: nothing computed) for both views of this process's batch, in bf16 where autocast is,
+    +25% +2 GB (weights, gradients, optimizer, projector, workspaces). CorInfoMax's ImageNet-100: 30 GB."""
+    if (device := torch.device(args.device)).type != "cuda":  # the Loader asks for free memory only there
+        return 0
+    with torch.device("meta"):
+        model, kept = backbone(args.arch, args.width, args.image_size), {}
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.setdefault(id(t), t), lambda t: t):
+        model(torch.empty(args.batch_size // WORLD_SIZE, 3, args.image_size, args.image_size, device="meta"))
+    return 2 * sum(t.nbytes for t in kept.values()) * (0.5 if bf16(device) else 1) * 1.25 + 2e9
 
 
 NO_FLOAT64 = ("mps",)  # devices without float64 (Apple GPUs); tests add "cpu" to emulate one
@@ -995,9 +1012,8 @@ def precise_dtype(device):  # of log-dets, running covariances, spectra: float64
 
 
 def on_cpu_without_float64(fn, x):  # fn(x), an op MPS lacks (eigvalsh, svdvals): there on the CPU in float64
-    if x.device.type not in NO_FLOAT64:
-        return fn(x)
-    return fn(x.to("cpu", torch.float64)).to(x.device, precise_dtype(x.device))
+    return (fn(x) if x.device.type not in NO_FLOAT64
+            else fn(x.to("cpu", torch.float64)).to(x.device, precise_dtype(x.device)))
 
 
 def channels_last(device, size):
@@ -1112,8 +1128,7 @@ def setup_device(args):
     def one_line(kind, e, tb):  # out of GPU memory, or a process of the job that failed: one line, not a trace
         if issubclass(kind, torch.cuda.OutOfMemoryError):
             print(f"error: the GPU ran out of memory; use a smaller --batch-size (now {args.batch_size}) or "
-                  f"--image-size (now {args.image_size}), or --train-subset (see the line on where the data lives)",
-                  file=sys.stderr)
+                  f"--image-size (now {args.image_size})", file=sys.stderr)
         elif WORLD_SIZE > 1 and issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(
                 kind, getattr(dist, "DistError", ()))):  # a process that failed closes its connections
             print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",

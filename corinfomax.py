@@ -203,7 +203,7 @@ def main(argv=None):
     run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
-    loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
+    loader = common.Loader(data.train_x, data.train_y, args.batch_size, device, common.training_memory(args))
     augment = common.Augment(args.policy, data, args.image_size)
     model = common.prepare_model(Model(args), args, device)
     criterion = CorInfoMaxLoss(model.dim, args.alpha, args.la_R, args.la_mu, args.eps,

@@ -294,7 +294,7 @@ def main(argv=None):
     run = common.Run(args, __file__, device)  # the run folder (on --resume: its last.pt)
     common.seed_everything(args.seed)
     data = common.load_data(args)
-    loader = common.Loader(data.train_x, data.train_y, args.batch_size, device)
+    loader = common.Loader(data.train_x, data.train_y, args.batch_size, device, common.training_memory(args))
     augment = common.Augment(args.policy, data, args.image_size)
     model = common.prepare_model(Model(args), args, device)
     probe = common.OnlineProbe(model.backbone.out_dim, data.classes, device)

@@ -287,3 +287,142 @@ def test_fallback_computes_in_float64_on_the_cpu(monkeypatch):
     assert rank.dtype == torch.float32 and rank.item() == pytest.approx(adadim.effective_rank(z.double()).item(), rel=1e-6)
     eig = common.on_cpu_without_float64(torch.linalg.eigvalsh, z.T @ z)
     assert eig.dtype == torch.float32 and torch.allclose(eig.double(), torch.linalg.eigvalsh((z.T @ z).double()), rtol=1e-5)
+
+
+class FakeGPU(TorchFunctionMode):
+    """A CUDA device on the CPU: ops run on the CPU (or meta); a tensor made on or moved to "cuda" is tagged as
+    living there (and what ops make of it too), and a move there is a copy, as a GPU's is: a new tensor, its
+    source recorded in `copied` (a tensor already there is not copied again)."""
+    def __init__(self):
+        super().__init__()
+        self.copied = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs, name = dict(kwargs or {}), getattr(func, "__name__", "")
+        gpu = lambda d: isinstance(d, (torch.device, str)) and torch.device(d).type == "cuda"
+        made = name != "to" and gpu(kwargs.get("device"))
+        moves = name == "to" and (gpu(kwargs.get("device")) or any(gpu(a) for a in args[1:]))
+        if made:
+            kwargs["device"] = "cpu"
+        if moves:  # to where the tensor is (CPU or meta): the copy is made below
+            args = (args[0], *(args[0].device if gpu(a) else a for a in args[1:]))
+            kwargs = {k: args[0].device if k == "device" and gpu(v) else v for k, v in kwargs.items()}
+        there = made or moves or any(getattr(t, "on_gpu", False) for t in tree_flatten((args, kwargs))[0]
+                                     if isinstance(t, torch.Tensor))
+        out = func(*args, **kwargs)
+        if moves and not getattr(args[0], "on_gpu", False):
+            self.copied.append(args[0])
+            out = out.clone() if out is args[0] else out
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and there:
+                t.on_gpu = True
+        return out
+
+
+def fake_gpu(monkeypatch, free_gb=79.5, capability=(9, 0)):
+    """torch.cuda answering as a GPU with free_gb GB free and this compute capability would."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_gb * 1e9, 80e9))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    return torch.device("cuda")
+
+
+def resnet18_saved_bytes(size, width=64):
+    """float32 bytes autograd keeps per image for ResNet-18's backward, counted by hand from the layer shapes:
+    the stem keeps its input and its conv's and BN's outputs (ReLU in place), the ImageNet stem (64 px up) also
+    its max-pool's output and int64 indices; each BasicBlock its conv1, bn1 (ReLU in place), conv2 outputs and
+    its own output (bn2's, added to and ReLU'd in place), a block that downsamples its 1x1 conv's output too."""
+    s = size
+    if size < 64:
+        total = 4 * (3 * s * s + 2 * width * s * s)
+    else:
+        half, s = (s + 1) // 2, ((s + 1) // 2 + 1) // 2
+        total = 4 * (3 * size * size + 2 * width * half * half + width * s * s) + 8 * width * s * s
+    for i in range(4):
+        s = s if i == 0 else (s + 1) // 2
+        total += 4 * width * 2 ** i * s * s * (8 + (i > 0))  # two blocks a stage
+    return total
+
+
+@pytest.mark.parametrize("card,capability,gb,on_gpu", [
+    (80, (9, 0), 19.6, True),    # ImageNet-100 at 224 px (19.6 GB) on an 80 GB H100: the images and training fit
+    (48, (8, 6), 19.6, False),   # a 48 GB card: under half its free memory (the old rule put them there), but
+                                 # CorInfoMax's batch 1024 needs about 30 GB more: it ran out of memory
+    (16, (8, 9), 19.6, False),   # a 16 GB card: not even the images fit
+    (32, (7, 0), 19.6, False),   # a 32 GB V100: float32 (no native bf16), training alone needs more than is free
+    (48, (8, 6), 0.2, True),     # a small set (CIFAR-sized) with the same recipe on the 48 GB card
+])
+def test_where_the_data_lives_counts_the_training_memory(monkeypatch, capsys, card, capability, gb, on_gpu):
+    import corinfomax
+    device = fake_gpu(monkeypatch, card - 0.5, capability)
+    args = corinfomax.get_args(["--dataset", "imagefolder", "--device", "cpu"])  # its ImageNet-100 recipe
+    args.image_size, args.device = 224, "cuda"
+    assert (args.arch, args.width, args.batch_size) == ("resnet18", 64, 1024)
+    capsys.readouterr()  # the recipe line
+    need = common.training_memory(args)  # 2 views of 1024 images, bf16 (half of float32) where native, +25% +2 GB
+    kept = 2 * 1024 * resnet18_saved_bytes(224) * (0.5 if capability >= (8, 0) else 1)
+    assert need == pytest.approx(kept * 1.25 + 2e9, rel=0.01)  # (the weights it also counts: 0.2%)
+    n = round(gb * 1e9 / (3 * 224 * 224))
+    images = torch.empty(n, 3, 224, 224, dtype=torch.uint8, device="meta")  # their size, not their memory
+    with FakeGPU() as gpu:
+        loader = common.Loader(images, torch.zeros(n, dtype=torch.long), 1024, device, need=need)
+    assert (loader.images is not images) == on_gpu and [id(t) for t in gpu.copied] == [id(images)] * on_gpu
+    assert getattr(loader.images, "on_gpu", False) == on_gpu
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith(f"data: {gb:.1f} GB of images " +
+                                                     ("on the GPU (" if on_gpu else "in CPU memory ("))
+    assert f"({card - 0.5:.1f} GB free on the GPU, where training needs about {need / 1e9:.1f} GB" in line
+
+
+def test_resnet_saved_bytes_by_hand_equal_the_meta_count():
+    # the hand count above against the estimate's own count, at other sizes and widths (both stems)
+    for size, width in ((16, 8), (32, 64), (64, 16), (96, 64)):
+        with torch.device("meta"):
+            model, kept = common.backbone("resnet18", width, size), {}
+        counted = []
+        for n in (1, 3):
+            kept = {}
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.setdefault(id(t), t), lambda t: t):
+                model(torch.empty(n, 3, size, size, device="meta"))
+            counted.append(sum(t.nbytes for t in kept.values()))
+        assert (counted[1] - counted[0]) / 2 == resnet18_saved_bytes(size, width), (size, width)
+
+
+def small_data(probe_is_train=True):
+    """A Data of 16 px shapes: the probe set the training images themselves (shapes, CIFAR, image folders), or
+    others (as STL-10's labelled part)."""
+    (x, y), test = common.make_shapes(96, 16, seed=0), common.make_shapes(64, 16, seed=1)
+    probe = (x, y) if probe_is_train else common.make_shapes(48, 16, seed=2)
+    return common.Data((x, y), probe, test, common.SHAPE_NAMES, (0.5,) * 3, (0.25,) * 3, track=8)
+
+
+@pytest.mark.parametrize("probe_is_train,free_gb", [(True, 79.5), (False, 79.5), (True, 0.0)])
+def test_linear_eval_makes_no_second_copy_of_the_images(monkeypatch, probe_is_train, free_gb):
+    # the training's Loader put the images on the GPU (free_gb 79.5) or kept them in CPU memory (0.0): the
+    # linear evaluation copies no set the GPU already holds (other probe images: once; CPU ones: a batch at a time)
+    device, data = fake_gpu(monkeypatch, free_gb, capability=(7, 5)), small_data(probe_is_train)
+    with FakeGPU() as gpu:
+        training = common.Loader(data.train_x, data.train_y, 32, device)
+        assert (training.images is not data.train_x) == (free_gb > 0)
+        backbone = common.backbone("resnet18", 4, 16).to(device)
+        gpu.copied.clear()
+        common.linear_eval(backbone, data, 1, device, batch_size=32)
+    whole = [t for t in gpu.copied if t is data.train_x or t is data.probe_x]
+    assert [id(t) for t in whole] == ([] if probe_is_train or free_gb == 0 else [id(data.probe_x)])
+    batches = sum(len(t) == 32 and t.dtype == torch.uint8 for t in gpu.copied)  # a batch of images copied
+    assert batches == (len(data.probe_x) // 32 if free_gb == 0 else 0)
+
+
+@pytest.mark.parametrize("capability,bf16", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_precision_follows_the_compute_capability(monkeypatch, capability, bf16):
+    # V100 (7.0) and T4 (7.5) only emulate bf16: float32 there; A100 (8.0) and H100 (9.0) compute it natively
+    import warnings
+    device = fake_gpu(monkeypatch, capability=capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as torch says on a T4
+    assert common.bf16(device) == bf16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # this CPU build of torch disables a CUDA autocast, with a warning
+        context = common.autocast(device)
+    assert isinstance(context, torch.autocast) == bf16
+    assert not bf16 or (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
+    assert not common.bf16(torch.device("cpu")) and isinstance(common.autocast(torch.device("cpu")),
+                                                                contextlib.nullcontext)

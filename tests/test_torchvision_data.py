@@ -89,6 +89,24 @@ def test_stl10_splits_labels_and_classes(tmp_path, no_md5):
     assert torch.equal(test[0], torch.from_numpy(truth["test"][0])) and test[1].tolist() == truth["test"][1]
 
 
+@pytest.mark.parametrize("name,size,subset", [("cifar10", 32, 0), ("cifar10", 24, 60), ("stl10", 48, 0)])
+def test_the_probe_set_is_the_training_images_themselves(tmp_path, no_md5, name, size, subset):
+    # CIFAR's kNN bank and linear probe train on the training images: one tensor, resized once (no second copy
+    # in memory or on the GPU), sampled as --train-subset samples them; STL-10's are its labelled part
+    import argparse
+    truth = write_stl10(tmp_path) if name == "stl10" else write_cifar(tmp_path, False)
+    data = common.load_data(argparse.Namespace(dataset=name, data_dir=str(tmp_path), image_size=size,
+                                               train_subset=subset))
+    assert data.train_x.shape[1:] == (3, size, size) and len(data.train_x) == (subset or (20 if name == "stl10" else 100))
+    if name == "stl10":
+        probe = common.resize_images(torch.from_numpy(truth["train"][0]), size)
+        assert torch.equal(data.probe_x, probe) and data.probe_y.tolist() == truth["train"][1]
+    else:
+        keep = common.random_indices(100, subset or 100)
+        assert data.probe_x is data.train_x and data.probe_y is data.train_y
+        assert torch.equal(data.train_x, common.resize_images(torch.from_numpy(truth["train"][0])[keep], size))
+
+
 def test_corinfomax_on_cifar100_end_to_end(tmp_path, no_md5, capsys):
     """`python corinfomax.py --dataset cifar100` with its paper recipe, shrunk to run here (width 2, one
     epoch of 64 of the 100 images, 16 px): the data path of the headline command, labels and splits."""
