@@ -23,6 +23,7 @@ import resource
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import torch
 
@@ -35,15 +36,16 @@ METHODS = {"simclr": ("simclr", []), "vicreg": ("vicreg", []), "barlow": ("barlo
 
 
 def cifar_shaped(n, size=32):
-    """n uint8 images (size px) of shapes' 10 classes, the 10,000 generated ones repeated, and the test split."""
+    """n uint8 images (size px) of shapes' 10 classes, the 10,000 generated ones repeated, and a test split of
+    2,000 (fewer for fewer images: it serves only the kNN before training)."""
     x, y = common.make_shapes(min(n, 10_000), size, seed=0)
     reps = -(-n // len(x))
     train = (x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n])
-    test = common.make_shapes(2_000, size, seed=1)
+    test = common.make_shapes(min(2_000, n), size, seed=1)
     return common.Data(train, train, test, list(common.SHAPE_NAMES), (0.5,) * 3, (0.25,) * 3)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--device", default="auto")
@@ -52,15 +54,15 @@ def main():
     p.add_argument("--batch-size", type=int, help="override the recipes' batch sizes (default: each recipe's)")
     p.add_argument("--compile", action="store_true", help="pass --compile to the methods")
     p.add_argument("--json", help="also write the table here")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     data = cifar_shaped(a.images)
-    common.load_data = lambda args: (setattr(args, "image_size", 32), data)[1]  # the methods load this instead
+    load = lambda args: (setattr(args, "image_size", 32), data)[1]  # the methods load this instead
     device = common.get_device(a.device)
     rows = []
     print(f"{a.images:,} images of 32 px, ResNet-18 width {a.width}, {device}{', --compile' if a.compile else ''}; "
           "the second epoch of each method")
     print(f"{'method':12s} {'batch':>6s} {'s/epoch':>8s} {'images/s':>9s} {'peak memory':>12s}")
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, mock.patch.object(common, "load_data", load):
         for name in a.methods:
             file, extra = METHODS[name]
             argv = ["--dataset", "shapes", "--recipe", "cifar10", "--width", str(a.width), "--epochs", "3",
@@ -84,6 +86,7 @@ def main():
     if a.json:
         json.dump({"device": str(device), "width": a.width, "images": a.images, "compile": a.compile, "rows": rows},
                   open(a.json, "w"), indent=1)
+    return rows
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def resnet18_saved_bytes(size, width=64):
     """float32 bytes autograd keeps per image for ResNet-18's backward, counted by hand from the layer shapes:
     the stem keeps its input and its conv's and BN's outputs (ReLU in place), the ImageNet stem (64 px up) also
     its max-pool's output and int64 indices; each BasicBlock its conv1, bn1 (ReLU in place), conv2 outputs and
-    its own output (bn2's, added to and ReLU'd in place), a block that downsamples its 1x1 conv's output too."""
+    its own output (bn2's, added to and ReLU'd in place), a downsampling block its 1x1 conv's output too."""
     s = size
     if size < 64:
         total = 4 * (3 * s * s + 2 * width * s * s)
@@ -344,11 +344,11 @@ def resnet18_saved_bytes(size, width=64):
 
 
 @pytest.mark.parametrize("card,capability,gb,on_gpu", [
-    (80, (9, 0), 19.6, True),    # ImageNet-100 at 224 px (19.6 GB) on an 80 GB H100: the images and training fit
+    (80, (9, 0), 19.6, True),    # ImageNet-100 at 224 px (19.6 GB) on an 80 GB H100: images and training fit
     (48, (8, 6), 19.6, False),   # a 48 GB card: under half its free memory (the old rule put them there), but
                                  # CorInfoMax's batch 1024 needs about 30 GB more: it ran out of memory
     (16, (8, 9), 19.6, False),   # a 16 GB card: not even the images fit
-    (32, (7, 0), 19.6, False),   # a 32 GB V100: float32 (no native bf16), training alone needs more than is free
+    (32, (7, 0), 19.6, False),   # a 32 GB V100: float32 (no native bf16), training alone needs more than that
     (48, (8, 6), 0.2, True),     # a small set (CIFAR-sized) with the same recipe on the 48 GB card
 ])
 def test_where_the_data_lives_counts_the_training_memory(monkeypatch, capsys, card, capability, gb, on_gpu):
@@ -358,7 +358,7 @@ def test_where_the_data_lives_counts_the_training_memory(monkeypatch, capsys, ca
     args.image_size, args.device = 224, "cuda"
     assert (args.arch, args.width, args.batch_size) == ("resnet18", 64, 1024)
     capsys.readouterr()  # the recipe line
-    need = common.training_memory(args)  # 2 views of 1024 images, bf16 (half of float32) where native, +25% +2 GB
+    need = common.training_memory(args)  # 2 views of 1024 images, bf16 (half float32's) where native, +25% +2 GB
     kept = 2 * 1024 * resnet18_saved_bytes(224) * (0.5 if capability >= (8, 0) else 1)
     assert need == pytest.approx(kept * 1.25 + 2e9, rel=0.01)  # (the weights it also counts: 0.2%)
     n = round(gb * 1e9 / (3 * 224 * 224))
@@ -398,7 +398,7 @@ def small_data(probe_is_train=True):
 @pytest.mark.parametrize("probe_is_train,free_gb", [(True, 79.5), (False, 79.5), (True, 0.0)])
 def test_linear_eval_makes_no_second_copy_of_the_images(monkeypatch, probe_is_train, free_gb):
     # the training's Loader put the images on the GPU (free_gb 79.5) or kept them in CPU memory (0.0): the
-    # linear evaluation copies no set the GPU already holds (other probe images: once; CPU ones: a batch at a time)
+    # linear evaluation copies no set the GPU already holds (other probe images: once; CPU ones: batch by batch)
     device, data = fake_gpu(monkeypatch, free_gb, capability=(7, 5)), small_data(probe_is_train)
     with FakeGPU() as gpu:
         training = common.Loader(data.train_x, data.train_y, 32, device)
@@ -417,7 +417,7 @@ def test_precision_follows_the_compute_capability(monkeypatch, capability, bf16)
     # V100 (7.0) and T4 (7.5) only emulate bf16: float32 there; A100 (8.0) and H100 (9.0) compute it natively
     import warnings
     device = fake_gpu(monkeypatch, capability=capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as torch says on a T4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as on a T4
     assert common.bf16(device) == bf16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # this CPU build of torch disables a CUDA autocast, with a warning

@@ -97,7 +97,8 @@ def test_the_probe_set_is_the_training_images_themselves(tmp_path, no_md5, name,
     truth = write_stl10(tmp_path) if name == "stl10" else write_cifar(tmp_path, False)
     data = common.load_data(argparse.Namespace(dataset=name, data_dir=str(tmp_path), image_size=size,
                                                train_subset=subset))
-    assert data.train_x.shape[1:] == (3, size, size) and len(data.train_x) == (subset or (20 if name == "stl10" else 100))
+    assert data.train_x.shape[1:] == (3, size, size)
+    assert len(data.train_x) == (subset or (20 if name == "stl10" else 100))
     if name == "stl10":
         probe = common.resize_images(torch.from_numpy(truth["train"][0]), size)
         assert torch.equal(data.probe_x, probe) and data.probe_y.tolist() == truth["train"][1]
