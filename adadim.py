@@ -234,9 +234,8 @@ def measure_alpha(model, images, augment, batch_size, batches, device):
     ranks, ratios = [], []
     for _ in range(batches):
         idx = common.shard(torch.randperm(len(images), device=images.device)[:batch_size])  # this process's slice
-        x1, _ = augment(images[idx].to(device))
-        with common.autocast(device):
-            z = common.gather(model(x1)[1].float())                           # (b, F) global batch
+        x1, _ = augment(images[idx].to(device))  # in float32 (no autocast): bf16 outputs raise a low rank
+        z = common.gather(model(x1)[1].float())                               # (b, F) global batch
         ranks.append(common.on_cpu_without_float64(effective_rank, z).item())  # MPS: float64 on the CPU
         ratios.append(ranks[-1] / min(z.shape))
     for k, v in model.named_buffers():
@@ -267,10 +266,10 @@ class MomentumEncoder:
         return 1 - (1 - self.base) * (math.cos(math.pi * step / steps) + 1) / 2
 
     @torch.no_grad()
-    def update(self, model, step, steps):
-        tau = self.tau(step, steps)
-        for m, p in zip(self.model.parameters(), model.parameters()):
-            m.mul_(tau).add_(p.detach(), alpha=1 - tau)
+    def update(self, model, step, steps):  # two foreach ops over all parameters, not two small ops for each
+        tau, ema = self.tau(step, steps), list(self.model.parameters())
+        torch._foreach_mul_(ema, tau)
+        torch._foreach_add_(ema, list(model.parameters()), alpha=1 - tau)
 
 
 # ------------------------------------------------------------------------------------ training

@@ -787,9 +787,9 @@ class Loader:
                  f"a batch needs 2 or more: use --train-subset {batch_size} or more (0: all images), or add images"))
         self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
-        there, self.images = self.placed.get(images, (None, images))  # put there before (for linear_eval)
-        if there != device and device.type != "cpu" and images.numel() + need <= free:  # else in CPU memory
-            self.images = images.to(device)  # (not pinned: pinning makes one more copy of the set)
+        there, self.images = self.placed.get(images, (None, images))  # a copy made before (for linear_eval)
+        if there != device and device.type != "cpu" and images.numel() + need <= free:
+            self.images = images.to(device)  # else they stay in CPU memory, not pinned (one more copy of the set)
             self.placed[images] = device, self.images
         if device.type == "cuda" and shard:
             where = "in CPU memory" if self.images is images else "on the GPU"

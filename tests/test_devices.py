@@ -124,6 +124,23 @@ def test_a_training_step_does_not_wait_for_the_device(method, monkeypatch, tmp_p
     assert not no_float64.made, no_float64.made
 
 
+# options whose steps take other paths: a momentum encoder, LARS with clip, SGD, other projectors and targets
+OPTIONS = [("adadim", ["--momentum", "0.99", "--alpha-mode", "cosine"]),
+           ("vicreg", ["--optimizer", "lars", "--lars-clip"]),
+           ("sslpm", ["--target", "masked", "--proj-layers", "0"]),
+           ("barlow", ["--optimizer", "sgd", "--scale-loss", "0.1"]),
+           ("simclr", ["--proj-layers", "1"]),
+           ("corinfomax", ["--optimizer", "lars", "--proj-layers", "2"])]
+
+
+@pytest.mark.parametrize("method,extra", OPTIONS)
+def test_other_options_do_not_wait_for_the_device_either(method, extra, monkeypatch, tmp_path):
+    device = SecondDevice()
+    one_step(method, monkeypatch, tmp_path, [device], extra)
+    assert dict(device.syncs) == DECLARED[method] and not device.mixed and not device.copies, (
+        device.syncs, device.mixed, device.copies)
+
+
 def features(n=64, d=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
