@@ -29,7 +29,8 @@ Deviations:
 - Alpha follows section 4's text: ER(Z) of one view's embeddings over min(b, F), 0 until it is first
   measured at the end of the first window (alpha "will gradually transition from 0 to 1"); the
   pseudocode's ER(cat(z1, z2)) / min(2b, F) from epoch 0, on the random network, starts a run mostly
-  InfoNCE (alpha about 0.7). Measured at the start of epochs e, 2e, ... (e = --alpha-every).
+  InfoNCE (alpha about 0.7). Measured at the start of epochs e, 2e, ... (e = --alpha-every), in float32
+  even where training runs in bf16 (whose rounding raises the effective rank of a collapsed Z).
 - H_2 is the order-2 Renyi entropy of appendix A.6 (-log tr K^2); section 4 prints a factor 1/2.
   Gram matrices are divided by their trace (= n for unit rows), so the Hadamard one is trace 1 too.
 - Momentum encoder (A.3): EMA of backbone + projector, momentum 0.996 rising to 1 on a cosine (BYOL),
