@@ -788,11 +788,11 @@ class Loader:
         self.batch_size, self.device, self.shard = batch_size, device, shard and WORLD_SIZE > 1
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
         there, self.images = self.placed.get(images, (None, images))  # a copy made before (for linear_eval)
-        if there != device and device.type != "cpu" and images.numel() + need <= free:
+        if there != device and images.device.type != device.type and images.numel() + need <= free:
             self.images = images.to(device)  # else they stay in CPU memory, not pinned (one more copy of the set)
             self.placed[images] = device, self.images
         if device.type == "cuda" and shard:
-            where = "in CPU memory" if self.images is images else "on the GPU"
+            where = "on the GPU" if self.images.is_cuda else "in CPU memory"
             print0(f"data: {images.numel() / 1e9:.1f} GB of images {where} ({free / 1e9:.1f} GB free on the "
                    f"GPU, where training needs about {need / 1e9:.1f} GB: on the GPU when both fit)")
         self.labels = labels.to(self.images.device)

@@ -316,6 +316,9 @@ class FakeGPU(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs, name = dict(kwargs or {}), getattr(func, "__name__", "")
+        if getattr(func, "__self__", None) in (torch.Tensor.is_cuda, torch.Tensor.device):  # what a tag says
+            there = getattr(args[0], "on_gpu", False)
+            return there if func.__self__ is torch.Tensor.is_cuda else torch.device("cuda") if there else func(*args)
         gpu = lambda d: isinstance(d, (torch.device, str)) and torch.device(d).type == "cuda"
         made = name != "to" and gpu(kwargs.get("device"))
         moves = name == "to" and (gpu(kwargs.get("device")) or any(gpu(a) for a in args[1:]))
@@ -382,7 +385,7 @@ def test_where_the_data_lives_counts_the_training_memory(monkeypatch, capsys, ca
     images = torch.empty(n, 3, 224, 224, dtype=torch.uint8, device="meta")  # their size, not their memory
     with FakeGPU() as gpu:
         loader = common.Loader(images, torch.zeros(n, dtype=torch.long), 1024, device, need=need)
-    assert (loader.images is not images) == on_gpu and [id(t) for t in gpu.copied] == [id(images)] * on_gpu
+    assert (loader.images is not images) == on_gpu and sum(t is images for t in gpu.copied) == on_gpu
     assert getattr(loader.images, "on_gpu", False) == on_gpu
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and line.startswith(f"data: {gb:.1f} GB of images " +
@@ -402,6 +405,17 @@ def test_resnet_saved_bytes_by_hand_equal_the_meta_count():
                 model(torch.empty(n, 3, size, size, device="meta"))
             counted.append(sum(t.nbytes for t in kept.values()))
         assert (counted[1] - counted[0]) / 2 == resnet18_saved_bytes(size, width), (size, width)
+
+
+def test_images_already_on_the_device_are_neither_copied_nor_kept(monkeypatch, capsys):
+    device = fake_gpu(monkeypatch)
+    with FakeGPU() as gpu:
+        x = torch.zeros(8, 3, 4, 4, dtype=torch.uint8).to(device)
+        gpu.copied.clear()
+        loader = common.Loader(x, torch.zeros(8, dtype=torch.long), 4, device)
+        assert loader.images is x and not any(t is x for t in gpu.copied) and x not in common.Loader.placed
+        assert sum(len(images) for images, _ in loader) == 8
+    assert "GB of images on the GPU" in capsys.readouterr().out
 
 
 def small_data(probe_is_train=True):
