@@ -372,9 +372,9 @@ def load_data(args):
         probe, names, summary = train, SHAPE_NAMES, f"shapes: {len(train[0]):,} training images generated (seed 0)"
     elif args.dataset in URLS:
         (full, full_probe, test), names = load_torchvision(args.dataset, args.data_dir)
-        resized = lambda split: (resize_images(split[0], size), split[1])  # the other sets are made at `size`
-        train, test = resized(random_subset(full, subset)), resized(test)  # the probe set: the same images,
-        probe = resized(random_subset(full_probe, subset)) if args.dataset == "stl10" else train  # or STL's
+        resized = lambda split: (resize_images(split[0], size), split[1])  # (the other sets are made at `size`)
+        train, test = resized(random_subset(full, subset)), resized(test)
+        probe = resized(random_subset(full_probe, subset)) if args.dataset == "stl10" else train  # one tensor
         summary = (f"{args.dataset}: {len(train[0]):,} training images" +
                    (f" (a random sample, seed 0, of {len(full[0]):,})" if len(train[0]) < len(full[0]) else ""))
     else:
@@ -779,7 +779,7 @@ class Loader:
     With shard=True each torchrun process gets its slice of every global batch."""
     placed = torch.utils.weak.WeakIdKeyDictionary()  # host images -> (device, their copy there), while alive
 
-    def __init__(self, images, labels, batch_size, device, shard=True, need=0):
+    def __init__(self, images, labels, batch_size, device, need=0, shard=True):
         fits = len(images) // WORLD_SIZE * WORLD_SIZE  # the largest global batch it allows, if 2 or more
         if batch_size > len(images):
             fail(f"--batch-size {batch_size} is larger than the training set ({len(images)} images); " + (
