@@ -18,11 +18,10 @@ Run:        python adadim.py                                     (CPU recipe on 
             python adadim.py --dataset cifar100                  (ResNet-18, 1000 epochs, GPU)
             python adadim.py --dataset cifar100 --momentum 0.996 (with the momentum encoder, A.3)
             python adadim.py --alpha-mode fixed --alpha 0.5 --gamma 0    (Table 2 / Table 16 rows)
-            torchrun --standalone --nproc_per_node=4 adadim.py --dataset cifar100   (4 GPUs, same global batch)
+            torchrun --standalone --nproc_per_node=4 adadim.py --dataset cifar100  (4 GPUs, same global batch)
 Expected:   paper Table 4 (ResNet-18, 1000 epochs, batch 256): 92.81% CIFAR-10 / 71.20% CIFAR-100 for
             this baseline setting (online linear, A.4.1), 93.61% / 74.31% with a momentum encoder in the
-            expanded setting (offline linear, A.4.2). This repository's CPU recipe and its alpha
-            trajectory: see README Results.
+            expanded setting (offline linear, A.4.2). Ours, and alpha's trajectory: README Results.
 Deviations:
 - Loss weights as equation 5 and the text (VICReg early, InfoNCE late, Figure 5c); the appendix A.3
   pseudocode swaps alpha and 1 - alpha and tests `alpha_epoch % current_epoch`: both slips.
@@ -36,14 +35,12 @@ Deviations:
 - Momentum encoder (A.3): EMA of backbone + projector, momentum 0.996 rising to 1 on a cosine (BYOL),
   in train mode without gradient. As the pseudocode: VICReg and InfoNCE averaged over (z1, z2m) and
   (z1m, z2), L_mut over four pairs / 4 (the momentum pairs carry no gradient); alpha from the online z1.
-- The expanded setting of Table 7 (SGD, ReSSL augmentation, 512-d projector output with a final
-  BatchNorm, Table 8 offline evaluation) is not a recipe; pass its flags to approximate it.
+- Table 7's expanded setting (SGD, ReSSL augmentation, 512-d output + BatchNorm, Table 8) is no recipe.
 - VICReg as official code (variance term halved, invariance MSE over N * D entries); InfoNCE as
   simclr.py (mean over 2N anchors, log-sum-exp). LARS with clip_lr (--lars-clip), as solo-learn's VICReg.
 - --alpha-mode linear/cosine rise from 0 to 1 per epoch (Table 2 does not give their form);
   --beta-mode fixed uses beta = gamma throughout (Table 2's "beta = 1" rows).
-- The paper's online numbers (A.4.1) come from solo-learn's probe, not this one (OnlineProbe): compare
-  them only loosely.
+- The paper's online numbers (A.4.1) come from solo-learn's probe, not this one: compare them loosely.
 - Table 9 rows: stl10 400 epochs, gamma 1e-2, ResNet-50; imagefolder (ImageNet100) 400 epochs, gamma
   -0.1, ResNet-18, batch 256 (Table 4's caption: 128).
 - Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
@@ -63,16 +60,11 @@ import common
 RECIPES = {
     # every dataset: the baseline setting, paper Table 7 and appendix A.4.1, unless noted
     "all": dict(
-        epochs=1000,          # Table 9: CIFAR-10/100 with ResNet-18 (ResNet-50 rows: 400)
-        batch_size=256,
-        lr=0.4,               # LARS
-        weight_decay=1e-4,
-        optimizer="lars",
+        epochs=1000, batch_size=256,  # Table 9: CIFAR-10/100 with ResNet-18 (ResNet-50 rows: 400 epochs)
+        lr=0.4, weight_decay=1e-4, optimizer="lars", warmup_epochs=10,
         lars_clip=True,       # not in the paper; solo-learn cifar/vicreg.yaml (its VICReg baseline, Table 10)
-        warmup_epochs=10,
         policy="asymmetric",  # Table 11, "the asymmetric augmentation scheme of (11)"
-        temperature=0.1,      # InfoNCE tau (Table 7)
-        gamma=1e-4,           # beta = gamma * alpha (Table 7)
+        temperature=0.1, gamma=1e-4,  # InfoNCE tau; beta = gamma * alpha (Table 7)
         alpha_mode="ada", alpha=0.5, beta_mode="ada",  # eq. 5; alpha 0.5: for --alpha-mode fixed only
         alpha_every=20, alpha_batches=10,              # section 4: every 20 epochs, over 10 batches
         momentum=0.0,         # the baseline setting has no momentum encoder (A.3, Table 8: 0.996)
@@ -101,16 +93,13 @@ def get_args(argv=None):
     parser = common.get_parser("adadim", __doc__, RECIPES)
     flags = parser.add_argument_group("AdaDim (this file's flags)")
     flags.add_argument("--temperature", type=common.positive(float), help="InfoNCE tau")
-    flags.add_argument("--gamma", type=common.in_range(float, -1, 1),
-                       help="beta = gamma * alpha (0 removes L_mut; Table 9 tunes it per dataset)")
-    flags.add_argument("--alpha-mode", choices=["ada", "fixed", "linear", "cosine"],
-                       help="ada: effective rank (eq. 5); the others are Table 2 / Table 16 alternatives")
+    flags.add_argument("--gamma", type=common.in_range(float, -1, 1), help="beta = gamma alpha; 0: no L_mut")
+    flags.add_argument("--alpha-mode", choices=["ada", "fixed", "linear", "cosine"], help="ada: eq. 5")
     flags.add_argument("--alpha", type=common.in_range(float, 0, 1), help="for --alpha-mode fixed")
     flags.add_argument("--beta-mode", choices=["ada", "fixed"], help="fixed: beta = gamma")
     flags.add_argument("--alpha-every", type=common.positive(int), help="epochs between alpha updates")
     flags.add_argument("--alpha-batches", type=common.positive(int), help="batches per alpha update")
-    flags.add_argument("--momentum", type=common.in_range(float, 0, 1),
-                       help="base EMA momentum of a momentum encoder (A.3, Table 8: 0.996); 0: none")
+    flags.add_argument("--momentum", type=common.in_range(float, 0, 1), help="EMA encoder (A.3); 0: none")
     flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
     flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     return common.parse_args(parser, argv)
@@ -150,7 +139,7 @@ def nt_xent_loss(z1, z2, temperature=0.2):
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D), unit rows
     logits = z @ z.T / temperature                                              # (2N, 2N) cosine / tau
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))                       # an anchor is not its own negative
+    logits = logits.masked_fill(self_mask, float("-inf"))                       # not its own negative
     partner = torch.arange(n, 3 * n, device=z.device) % (2 * n)                 # (2N,) n..2N-1, 0..n-1
     return F.cross_entropy(logits, partner), {}                                 # log-sum-exp, mean over 2N
 
@@ -158,20 +147,18 @@ def nt_xent_loss(z1, z2, temperature=0.2):
 def renyi_entropy(gram):
     """Order-2 Renyi matrix entropy (appendix A.6): H_2(K) = -log tr(K^2), K = gram / tr(gram)."""
     k = gram / torch.diagonal(gram).sum()                                       # (n, n), trace 1
-    return -torch.log((k * k).sum())                                            # tr(K^2) = ||K||_F^2, K symmetric
+    return -torch.log((k * k).sum())                                            # tr(K^2) = ||K||_F^2
 
 
 def renyi_mutual_information(r, z):
-    """I(R; Z) = H_2(A) + H_2(B) - H_2(A * B) (section 4, appendix A.6) with A, B the Gram matrices
-    of the L2-normalised rows of r (n, d_r) and z (n, d_z)."""
+    """I(R; Z) = H_2(A) + H_2(B) - H_2(A * B) (A.6), A, B: Gram matrices of the unit rows of r, z (n, d)."""
     r, z = F.normalize(r.float(), dim=1), F.normalize(z.float(), dim=1)
     a, b = r @ r.T, z @ z.T                                                     # (n, n) each
     return renyi_entropy(a) + renyi_entropy(b) - renyi_entropy(a * b)          # Hadamard product
 
 
 def effective_rank(z):
-    """Roy & Vetterli 2007, of the matrix as it is: exp(entropy of its singular values divided by their
-    sum), in [1, min(n, d)]; 0 for the zero matrix (no non-zero singular value)."""
+    """Roy & Vetterli 2007, of z as it is: exp(entropy of its normalised singular values); 0 for z = 0."""
     s = torch.linalg.svdvals(z.double())
     if s.sum() == 0:
         return s.sum()
@@ -180,9 +167,8 @@ def effective_rank(z):
 
 
 def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
-    """Equation 5. z: projector outputs (N, D), r: backbone outputs (N, F) of views 1 and 2.
-    momentum: (z1m, z2m, r1m, r2m) of the momentum encoder, paired as in appendix A.3.
-    Returns the loss and its terms (vicreg, nce, mutual_information)."""
+    """Equation 5: (loss, terms). z: projector outputs (N, D), r: backbone outputs (N, F) of views 1 and 2;
+    momentum: (z1m, z2m, r1m, r2m) of the momentum encoder, paired as in appendix A.3."""
     if momentum is None:
         vicreg = vicreg_loss(z1, z2)[0]
         nce = nt_xent_loss(z1, z2, temperature)[0]
@@ -199,24 +185,22 @@ def adadim_loss(z1, z2, r1, r2, alpha, beta, temperature=0.1, momentum=None):
 
 # ------------------------------------------------------------------------------ alpha and beta
 class AlphaSchedule:
-    """alpha, beta and the effective rank alpha came from. Section 4 computes the dimensionality "after
-    every e_alpha epochs of training", so alpha is 0 (VICReg) in the first window, and start_epoch
-    measures it at the start of epochs e, 2e, ... (the end of each window); measure() returns (effective
-    rank, effective rank / min(b, F)). Saved in last.pt: a resumed run keeps its window's alpha."""
+    """alpha, beta and the effective rank alpha came from, measured "after every e_alpha epochs" (section 4;
+    see Deviations). Saved in last.pt: a resumed run keeps its window's alpha."""
     def __init__(self, args):
-        self.mode, self.every, self.epochs, self.gamma = args.alpha_mode, args.alpha_every, args.epochs, args.gamma
-        self.fixed_alpha, self.beta_mode = args.alpha, args.beta_mode
-        self.alpha = self.beta = 0.0
-        self.effective_rank = None  # not measured yet
+        self.mode, self.beta_mode, self.fixed_alpha = args.alpha_mode, args.beta_mode, args.alpha
+        self.every, self.epochs, self.gamma = args.alpha_every, args.epochs, args.gamma
+        self.alpha, self.beta, self.effective_rank = 0.0, 0.0, None  # not measured yet
 
-    def start_epoch(self, epoch, measure):
+    def start_epoch(self, epoch, measure):  # measure() -> (effective rank, effective rank / min(b, F))
         if epoch > 0 and epoch % self.every == 0:  # measured in every mode, so that it is logged
             self.effective_rank, ratio = measure()
             if self.mode == "ada":
                 self.alpha = ratio
-        t = epoch / max(1, self.epochs - 1)
-        if self.mode != "ada":
-            self.alpha = {"fixed": self.fixed_alpha, "linear": t, "cosine": (1 - math.cos(math.pi * t)) / 2}[self.mode]
+        if self.mode != "ada":  # Table 2's alternatives
+            t = epoch / max(1, self.epochs - 1)
+            curves = {"fixed": self.fixed_alpha, "linear": t, "cosine": (1 - math.cos(math.pi * t)) / 2}
+            self.alpha = curves[self.mode]
         self.beta = self.gamma * self.alpha if self.beta_mode == "ada" else self.gamma
 
     def state_dict(self):
@@ -228,20 +212,18 @@ class AlphaSchedule:
 
 @torch.no_grad()
 def measure_alpha(model, images, augment, batch_size, batches, device):
-    """Section 4: ER(Z) of view 1's embeddings Z (b, F) of `batches` random augmented training batches and
-    its ratio to min(b, F) (b the global batch), averaged. Train mode, as the training step (BatchNorm
-    running statistics put back afterwards). Returns (mean effective rank, mean ratio)."""
+    """Mean ER(Z) of view 1's embeddings Z (b, F) over `batches` random training batches, and of its ratio to
+    min(b, F) (b: the global batch). In train mode, as a step; BatchNorm's running statistics put back."""
     saved = {k: v.clone() for k, v in model.named_buffers()}
-    ranks, ratios = [], []
+    ranks = []
     for _ in range(batches):
-        idx = common.shard(torch.randperm(len(images), device=images.device)[:batch_size])  # this process's slice
-        x1, _ = augment(images[idx].to(device))  # in float32 (no autocast): bf16 outputs raise a low rank
+        idx = common.shard(torch.randperm(len(images), device=images.device)[:batch_size])  # this slice
+        x1, _ = augment(images[idx].to(device))  # float32, no autocast: bf16 outputs raise a low rank
         z = common.gather(model(x1)[1].float())                               # (b, F) global batch
         ranks.append(common.on_cpu_without_float64(effective_rank, z).item())  # MPS: float64 on the CPU
-        ratios.append(ranks[-1] / min(z.shape))
     for k, v in model.named_buffers():
         v.copy_(saved[k])
-    return sum(ranks) / batches, sum(ratios) / batches
+    return sum(ranks) / batches, sum(ranks) / batches / min(z.shape)  # z: (b, F), the same every batch
 
 
 # --------------------------------------------------------------------------------------- model
@@ -250,7 +232,8 @@ class Model(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
-        self.projector = common.projector([self.backbone.out_dim, args.proj_hidden, args.proj_hidden, args.proj_dim])
+        dims = [self.backbone.out_dim, args.proj_hidden, args.proj_hidden, args.proj_dim]
+        self.projector = common.projector(dims)
 
     def forward(self, x):
         h = self.backbone(x)            # (N, F) representation R
@@ -258,8 +241,7 @@ class Model(nn.Module):
 
 
 class MomentumEncoder:
-    """Appendix A.3: a copy of backbone + projector updated as an exponential moving average,
-    m <- tau m + (1 - tau) theta, tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2 (BYOL), k = step."""
+    """EMA copy (A.3, BYOL): m <- tau m + (1 - tau) theta, tau = 1 - (1 - base)(cos(pi k / K) + 1) / 2."""
     def __init__(self, model, base):
         self.model, self.base = copy.deepcopy(model).requires_grad_(False), base
 
@@ -311,7 +293,8 @@ def main(argv=None):
         bar = run.progress(loader, epoch)
         for i, (images, labels) in enumerate(bar):
             step = epoch * len(loader) + i
-            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr,
+                                                       args.warmup_lr, args.min_lr))
             x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
             with common.autocast(device):
                 h1, z1 = net(x1)
@@ -344,7 +327,8 @@ def main(argv=None):
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device,
+                                     args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

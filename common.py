@@ -2,17 +2,18 @@
 
     (top)            print0, fail, warn: output from the first process, one-line errors
     model            ResNet and backbone (ResNet-18/50, width multiplier, CIFAR or ImageNet stem), projector
-    augmentation     POLICIES and Augment: two views per image, batched on the device, op for op as torchvision
+    augmentation     POLICIES and Augment: two views per image, batched on the device, as torchvision's ops
     data             Data and load_data (shapes, cifar10/100, stl10, (fashion-)mnist, imagefolder) into uint8
                      tensors; image folders (load_imagefolder), shapes (make_shapes), the Loader
     evaluation       OnlineProbe, extract_features, knn_accuracy, pixel_knn_accuracy, evaluate, linear_eval
     optimisation     LARS, make_optimizer, lr_at (linear warmup, then cosine), set_lr
     training loop    seed_everything, seed_epoch, autocast, channels_last, prepare_model, Progress, Meter
     ------------------------- plumbing below: a method reader can skip it -------------------------
-    several processes   setup_device (device, threads; under torchrun the process group), shard, gather,
-                        CPUSyncBatchNorm, ddp
-    command line        get_parser (the shared flags, in groups), recipes, parse_args
-    run folder          Run: args.json, log.jsonl, last.pt, results.json, --resume, Ctrl-C
+    several processes   setup_device (device, threads, one-line errors), join_processes (torchrun's
+                        process group), shard, gather, CPUSyncBatchNorm, ddp
+    command line        get_parser (the shared flags, in groups), parse_args: apply_recipe or resume_args
+    run folder          to_json, atomic_write, claim; Run: args.json, log.jsonl, last.pt, results.json,
+                        --resume, Ctrl-C
 
 Data path ("CUDA data loading", as in airbench): each dataset is decoded once into a uint8 tensor
 (N, 3, H, W) that lives on the training device; batches are index-selected from it and augmented there
@@ -88,7 +89,8 @@ class ResNet(torchvision.models.ResNet):
             self.conv1, self.maxpool = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
         self.bn1, self.relu = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         for i, blocks in enumerate(layers):  # layer1..layer4: widths w, 2w, 4w, 8w
-            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2))
+            layer = self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2)
+            setattr(self, f"layer{i + 1}", layer)
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Identity()
         self.out_dim = 8 * width * block.expansion
         for m in self.modules():  # torchvision's initialisation
@@ -109,15 +111,12 @@ class L2Normalize(nn.Module):
 
 
 def projector(dims, batchnorm=True, last_bias=True, normalize=False):
-    """MLP dims[0] -> ... -> dims[-1]: Linear (+ BatchNorm) + ReLU between layers. Hidden linears
-    have no bias when followed by BatchNorm (it would be cancelled)."""
+    """MLP dims[0] -> ... -> dims[-1]: Linear (+ BatchNorm) + ReLU between layers."""
     layers = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        last = i == len(dims) - 2
-        layers.append(nn.Linear(a, b, bias=last_bias if last else not batchnorm))
-        if not last:
-            layers += [nn.BatchNorm1d(b)] if batchnorm else []
-            layers.append(nn.ReLU(inplace=True))
+    for a, b in zip(dims[:-2], dims[1:-1]):  # hidden layers: no bias before a BatchNorm (it would cancel it)
+        layers.append(nn.Linear(a, b, bias=not batchnorm))
+        layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)] if batchnorm else [nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(dims[-2], dims[-1], bias=last_bias))
     if normalize:
         layers.append(L2Normalize())
     return nn.Sequential(*layers)
@@ -135,8 +134,8 @@ def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter
 
 
 def strength(scale, flip, s):  # projector-rank paper Table 2: jitter 0.8s, 0.8s, 0.8s, 0.2s
-    return view(crop_scale=(scale, 1.0), flip_p=0.5 if flip else 0.0, jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
-                jitter_p=0.8, gray_p=0.2)
+    jitter = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+    return view(crop_scale=(scale, 1.0), flip_p=0.5 if flip else 0.0, jitter=jitter, jitter_p=0.8, gray_p=0.2)
 
 
 _BYOL = dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2)
@@ -154,7 +153,7 @@ POLICIES = {  # each is (view 1, view 2)
     "small": (strength(0.9, False, 0.05),) * 2,
     "moderate": (strength(0.5, True, 0.25),) * 2,
     "large": (strength(0.08, True, 0.5),) * 2,
-    # the laptop recipe's, for grey or colour objects: crops, flips, brightness and contrast (benchmarks/recipes.py)
+    # the laptop recipe's (benchmarks/recipes.py), grey or colour objects: crop, flip, brightness, contrast
     "objects": (view(crop_scale=(0.2, 1.0), jitter=(0.8, 0.8, 0.0, 0.0), jitter_p=0.8),) * 2,
     "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
 }
@@ -162,11 +161,12 @@ SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 
 
 
 class Augment:
-    """Batched, on-device two-view augmentation: Augment(policy, data)(uint8 batch) -> normalised views.
-    With shard=True under torchrun, x is this process's slice of the global batch: parameters are drawn
-    for the whole global batch (as one process would) and this process keeps its slice."""
+    """Augment(policy, data, size)(uint8 batch) -> normalised views, on the batch's device. With shard=True
+    under torchrun, parameters are drawn for the whole global batch (as one process would), each process
+    keeping its slice."""
     def __init__(self, policy, data, size, shard=True):
-        self.views, self.data, self.size, self.world = POLICIES[policy], data, size, WORLD_SIZE if shard else 1
+        self.views, self.data, self.size = POLICIES[policy], data, size
+        self.world = WORLD_SIZE if shard else 1
 
     def __call__(self, x):
         x, n = x.float() / 255, len(x) * self.world
@@ -175,34 +175,36 @@ class Augment:
             params = [{k: shard(v) for k, v in p.items()} for p in params]
         # apply_params starts with the crop, which writes a new tensor: x itself is never modified
         layout = torch.channels_last if channels_last(x.device, self.size) else torch.contiguous_format
-        return tuple(self.data.normalize(apply_params(x, p, self.size, spec)).contiguous(memory_format=layout)
-                     for p, spec in zip(params, self.views))
+        views = (apply_params(x, p, self.size, spec) for p, spec in zip(params, self.views))
+        return tuple(self.data.normalize(v).contiguous(memory_format=layout) for v in views)
 
 
 BLUR_SIGMA = (0.1, 2.0)  # thesis B.1.1, BYOL, solo-learn: sigma uniform in [0.1, 2] pixels
 
 
 def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
-    """2 ceil(3 sigma_max) + 1 = 13 taps at every size, the support of PIL's GaussianBlur (official CorInfoMax,
-    solo-learn); BYOL's 10% of the side (3 taps at 32 px) would cut a sigma of 2 to an effective 0.8."""
+    """2 ceil(3 sigma_max) + 1 = 13 taps at every size, the support of PIL's GaussianBlur (official
+    CorInfoMax, solo-learn); BYOL's 10% of the side (3 taps at 32 px) would cut a sigma of 2 to about 0.8."""
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
 def sample_params(spec, n, height, width):
     """Independent random parameters for n samples, as torchvision's transforms draw them; on the CPU."""
     rand = torch.rand
+    (s0, s1), (r0, r1) = spec["crop_scale"], spec["crop_ratio"]
     # RandomResizedCrop.get_params: 10 tries of (area, log-uniform ratio), first that fits wins
-    area = height * width * (spec["crop_scale"][0] + (spec["crop_scale"][1] - spec["crop_scale"][0]) * rand(n, 10))
-    lo, hi = math.log(spec["crop_ratio"][0]), math.log(spec["crop_ratio"][1])
-    ratio = torch.exp(lo + (hi - lo) * rand(n, 10))
+    area = height * width * (s0 + (s1 - s0) * rand(n, 10))
+    ratio = torch.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * rand(n, 10))
     w, h = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = ok.float().argmax(1, keepdim=True)
     w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], ok.any(1)
     # fallback: the whole image cropped to the nearest allowed ratio (centre crop)
-    r0 = width / height
-    fw, fh = ((width, round(width / spec["crop_ratio"][0])) if r0 < spec["crop_ratio"][0] else
-              (round(height * spec["crop_ratio"][1]), height) if r0 > spec["crop_ratio"][1] else (width, height))
+    fw, fh = width, height
+    if width / height < r0:
+        fh = round(width / r0)
+    elif width / height > r1:
+        fw = round(height * r1)
     w, h = torch.where(found, w, fw), torch.where(found, h, fh)
     top = torch.where(found, (rand(n) * (height - h + 1)).long(), (height - h) // 2)
     left = torch.where(found, (rand(n) * (width - w + 1)).long(), (width - w) // 2)
@@ -220,32 +222,27 @@ def apply_params(x, p, size, spec):
     """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
     crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
     p = {k: v.to(x.device, non_blocking=True) if v.is_floating_point() else v for k, v in p.items()}
-    x = resized_crop(x, *(p[k].to(x.device, non_blocking=True) for k in ("top", "left", "height", "width")), size)
-    # each op runs on the samples it applies to, gathered with index_select (for speed: see above); the
-    # indices are found on the host (p is there) and sent with the copy, so the device never waits
-    on = lambda mask: mask.nonzero()[:, 0].to(x.device, non_blocking=True)
-    idx = on(p["flip"])
-    if len(idx):
-        x[idx] = x.index_select(0, idx).flip(-1)
+    box = [p[k].to(x.device, non_blocking=True) for k in ("top", "left", "height", "width")]
+    x = resized_crop(x, *box, size)
+
+    def on(mask, op, *per_sample):  # x[i] = op(x[i], *per_sample[i]) for the samples i of mask only
+        # gathered with index_select (for speed: see above); the indices are found on the host (mask is
+        # there) and sent with the copy, so the device never waits
+        idx = mask.nonzero()[:, 0].to(x.device, non_blocking=True)
+        if len(idx):
+            x[idx] = op(x.index_select(0, idx), *(t[idx] for t in per_sample))
+    on(p["flip"], lambda y: y.flip(-1))
     if spec["jitter_p"] > 0:
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for position in range(4):  # torchvision ColorJitter: a random order of the 4 ops per image
             for o, op in enumerate(ops):
-                idx = on(p["jitter"] & (p["order"][:, position] == o))
-                if len(idx):
-                    x[idx] = op(x.index_select(0, idx), p["factors"][idx, o])
-    idx = on(p["gray"])
-    if len(idx):
-        x[idx] = grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1)
-    idx = on(p["blur"])
-    if len(idx) == len(x):  # every sample (blur_p 1: BYOL's view 1), no gather
+                on(p["jitter"] & (p["order"][:, position] == o), op, p["factors"][:, o])
+    on(p["gray"], lambda y: grayscale(y).expand(-1, 3, -1, -1))
+    if p["blur"].all():  # every sample (blur_p 1: BYOL's view 1), no gather
         x = gaussian_blur(x, p["sigma"], blur_kernel_size())
-    elif len(idx):
-        x[idx] = gaussian_blur(x.index_select(0, idx), p["sigma"][idx], blur_kernel_size())
-    idx = on(p["solarize"])
-    if len(idx):
-        y = x.index_select(0, idx)
-        x[idx] = torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y)
+    else:
+        on(p["blur"], lambda y, sigma: gaussian_blur(y, sigma, blur_kernel_size()), p["sigma"])
+    on(p["solarize"], lambda y: torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y))
     return x
 
 
@@ -283,10 +280,8 @@ def _blend(x, y, f):  # torchvision _blend for float images; f (B,)
 def adjust_brightness(x, f):
     return _blend(x, 0.0, f)  # torchvision blends with a black image: the same sums, without the image
 
-
 def adjust_contrast(x, f):
     return _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), f)
-
 
 def adjust_saturation(x, f):
     return _blend(x, grayscale(x), f)
@@ -310,7 +305,8 @@ def adjust_hue(x, f):
     h = h - torch.floor(h)
     # HSV -> RGB in closed form: channel n in (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
     # with k = (n + 6h) mod 6; the same values as torchvision's six-sector table, without the table
-    k = torch.arange(5.0, 0.0, -2.0, device=x.device)[None, :, None, None] + 6 * h[:, None]  # made there: no copy
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device)  # made there: no copy
+    k = n[None, :, None, None] + 6 * h[:, None]
     k = k - 6 * torch.floor(k / 6)
     return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
 
@@ -411,7 +407,7 @@ def random_indices(n, k, seed=SUBSET_SEED):
 
 
 def random_subset(split, k):
-    """A seeded random sample of k (images, labels) of a split; the split itself when k is None or >= its size."""
+    """A seeded random sample of k (images, labels) of a split; all of it if k is 0, None or too big."""
     x, y = split
     if not k or k >= len(x):
         return split
@@ -420,37 +416,41 @@ def random_subset(split, k):
 
 
 def load_torchvision(name, root):
-    """(train, probe, test) splits of CIFAR-10/100, STL-10 or (Fashion-)MNIST as uint8 tensors, and the class
-    names; downloaded into root if missing. STL-10 pretrains on train+unlabeled (labels -1) and probes on
-    train. MNIST's grey images become 3 equal channels."""
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
-           "stl10": torchvision.datasets.STL10, "mnist": torchvision.datasets.MNIST,
-           "fashion-mnist": torchvision.datasets.FashionMNIST}[name]
-    splits = {"stl10": [dict(split="train+unlabeled"), dict(split="train"), dict(split="test")]}.get(
-        name, [dict(train=True), dict(train=True), dict(train=False)])
+    """(train, probe, test) uint8 splits and class names of a torchvision dataset, downloaded into root if
+    missing. STL-10 pretrains on train+unlabeled (labels -1), probes on train; MNIST gets 3 equal channels."""
+    cls = getattr(torchvision.datasets, {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10",
+                                         "mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name])
+    splits = [dict(train=True), dict(train=True), dict(train=False)]
+    if name == "stl10":
+        splits = [dict(split="train+unlabeled"), dict(split="train"), dict(split="test")]
     out, tmp, where = [], tempfile.TemporaryDirectory(), root
     try:
         os.makedirs(root, exist_ok=True)
         # a folder of (Fashion-)MNIST's 4 IDX files (as Debian installs them, gzipped): torchvision reads them
         # only unpacked in <root>/<class>/raw/ (its md5 check aside), a layout made here in a temporary folder
-        raw = os.path.join(tmp.name, cls.__name__, "raw")
         idx = [next((p for p in (f"{root}/{f}", f"{root}/{f[:-3]}") if os.path.exists(p)), None)
                for f, _ in getattr(cls, "resources", [])]
         if idx and all(idx):
+            where, raw = tmp.name, os.path.join(tmp.name, cls.__name__, "raw")
             os.makedirs(raw)
             for p in idx:
-                torchvision.datasets.utils.extract_archive(p, raw) if p.endswith(".gz") else shutil.copy(p, raw)
-            where = tmp.name
+                if p.endswith(".gz"):
+                    torchvision.datasets.utils.extract_archive(p, raw)
+                else:
+                    shutil.copy(p, raw)
         for kw in splits:
             ds = cls(where, download=True, **kw)
-            # uint8 STL-10 (N, 3, 96, 96), labels -1 for its unlabelled part; CIFAR (N, 32, 32, 3); MNIST (N, 28, 28)
-            x, y = torch.as_tensor(ds.data), torch.as_tensor(ds.labels if name == "stl10" else ds.targets).long()
-            x = x if name == "stl10" else x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            x = torch.as_tensor(ds.data)  # STL-10 (N, 3, 96, 96), CIFAR (N, 32, 32, 3), MNIST (N, 28, 28)
+            y = torch.as_tensor(ds.labels if name == "stl10" else ds.targets).long()  # -1: STL-10 unlabelled
+            if x.ndim == 3:
+                x = x[:, None].expand(-1, 3, -1, -1)
+            elif name != "stl10":
+                x = x.permute(0, 3, 1, 2)
             out.append((x.contiguous(), y))
     except Exception as e:  # no internet, bad archive, unwritable folder, ...
         fail(f"--dataset {name}: could not download or read it into --data-dir {root} "
-             f"({e.__class__.__name__}: {' '.join(str(e).split())[:120]}); download {URLS[name]} by hand into "
-             f"{os.path.abspath(root)}/")
+             f"({e.__class__.__name__}: {' '.join(str(e).split())[:120]}); "
+             f"download {URLS[name]} by hand into {os.path.abspath(root)}/")
     finally:
         tmp.cleanup()
     return out, list(ds.classes)
@@ -475,22 +475,24 @@ def load_imagefolder(root, size, subset=None):
     sample = f" (a random sample, seed 0, of {total:,})" if len(files["train"]) < total else ""
     cache = os.path.join(root, f"cache-{size}px{f'-subset{subset}' if sample else ''}.pt")
     record = [[os.path.relpath(p, root), *stamp(p)] for split in ("train", "val") for p, _ in files[split]]
+    made_from = {"version": CACHE_VERSION, "files": record, "classes": names}
     cached = read_cache(cache)
-    if cached.get("version") == CACHE_VERSION and cached.get("files") == record and cached.get("classes") == names:
-        out, failed, how = cached, cached["failed"], f"read {cache} (made from this folder as it is)"
+    if all(cached.get(k) == v for k, v in made_from.items()):
+        out, how = cached, f"read {cache} (made from this folder as it is)"
     else:
-        out, failed = decode_folder(root, files, size, len(record))
+        out = decode_folder(root, files, size, len(record))
         how = f"made {cache} again: {describe_change(cached, record)}" if cached else f"wrote {cache}"
         try:
-            atomic_write(cache, {"version": CACHE_VERSION, "files": record, "classes": names, "failed": failed, **out})
+            atomic_write(cache, {**made_from, **out})
         except SystemExit as e:  # a read-only data folder: train anyway, decode again next time
             warn(f"{e} (not cached)")
             how = "not cached (see the warning above)"
-    if failed:
-        left_out.append(f"undecodable files ({len(failed)})")
-    summary = (f"imagefolder {root}: {len(names)} classes from train/, images per class train/val: "
-               f"{class_counts(out['train_y'], out['val_y'], names)}; train {len(out['train_y']):,}{sample}, "
-               f"val {len(out['val_y']):,}" + (f"; left out: {', '.join(left_out)}" if left_out else "") + f"; {how}")
+    if out["failed"]:
+        left_out.append(f"undecodable files ({len(out['failed'])})")
+    counts = class_counts(out["train_y"], out["val_y"], names)
+    summary = (f"imagefolder {root}: {len(names)} classes from train/, images per class train/val: {counts}; "
+               f"train {len(out['train_y']):,}{sample}, val {len(out['val_y']):,}"
+               + (f"; left out: {', '.join(left_out)}" if left_out else "") + f"; {how}")
     fingerprint = hashlib.sha256(to_json([names, [r[:2] for r in record]]).encode()).hexdigest()[:16]
     return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary, fingerprint
 
@@ -503,29 +505,32 @@ def read_cache(path):  # {} if there is none, {"error": kind} if it cannot be re
 
 
 def decode_folder(root, files, size, n):
-    """Both splits decoded ({train_x, train_y, val_x, val_y}), and 'path (error)' for each file left out."""
+    """Both splits decoded: {train_x, train_y, val_x, val_y, failed: 'path (error)' of each file left out}."""
     check_memory(n, size)
-    out, failed = {}, []
+    out = {"failed": []}
     for split in ("train", "val"):
         x, y, bad = decode_split(files[split], size, f"decoding {split}/")
         if len(x) == 0:
             fail(f"--data-dir {root}: no image of {split}/ could be decoded, e.g. {bad[0]}")
-        out[f"{split}_x"], out[f"{split}_y"], failed = x, y, failed + bad
-    if failed:
-        warn(f"left out {plural(len(failed), 'file')} that PIL cannot decode, e.g. {failed[0]}")
-    return out, failed
+        out[f"{split}_x"], out[f"{split}_y"] = x, y
+        out["failed"] += bad
+    if out["failed"]:
+        warn(f"left out {plural(len(out['failed']), 'file')} that PIL cannot decode, e.g. {out['failed'][0]}")
+    return out
 
 
 def plural(n, word):
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
+def some(names, k):  # "a, b, c, ...": the first k names
+    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+
 
 def list_image_folder(root):
-    """The image files of train/ and val/ with their class (a folder directly under the split), as
-    torchvision's ImageFolder lists them (sorted, links followed), except that hidden names are skipped,
-    .gif counts and each real file is listed once per split (walk_class). The classes are train/'s
-    folders with images; each mismatch between the splits is a one-line warning.
-    Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
+    """The image files of train/ and val/ with their class (a folder directly under the split), listed as
+    torchvision's ImageFolder does but with hidden names skipped, .gif counted and each real file once per
+    split (walk_class). The classes are train/'s folders with images; a mismatch between the splits is a
+    one-line warning. Returns ({split: [(path, class index)]}, class names, [what else was left out])."""
     found, left_out = {}, []
     for split in ("train", "val"):
         folders = sorted(e.name for e in os.scandir(os.path.join(root, split)) if e.is_dir())
@@ -541,11 +546,11 @@ def list_image_folder(root):
             kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
             left_out.append(f"non-image files in {split}/ ({kinds})")
         if links:
-            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder or "
-                            f"back into a folder already listed ({', '.join(links[:4])}{', ...' * (len(links) > 4)})")
+            left_out.append(f"{plural(len(links), 'link')} in {split}/ to nothing, out of its class folder "
+                            f"or back into a folder already listed ({some(links, 4)})")
     classes = [c for c, paths in found["train"].items() if paths]
     if not classes:
-        fail(f"--data-dir {root}: train/ has no class folder with images (extensions {' '.join(IMAGE_EXTENSIONS)})")
+        fail(f"--data-dir {root}: train/ has no class folder with images ({' '.join(IMAGE_EXTENSIONS)})")
     empty = [c for c, paths in found["train"].items() if not paths]
     if empty:
         warn(f"train/ folders without images are not classes: {', '.join(empty)}")
@@ -555,31 +560,37 @@ def list_image_folder(root):
              + ", ".join(f"{c} ({n} images)" for c, n in unknown.items()))
     missing = [c for c in classes if not found["val"].get(c)]
     if missing:
-        warn(f"val/ has no images of {len(missing)} of train/'s {len(classes)} classes, which are trained on but "
-             f"not tested: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
+        warn(f"val/ has no images of {len(missing)} of train/'s {len(classes)} classes, which are trained on "
+             f"but not tested: {some(missing, 10)}")
     if len(classes) == 1:
         warn(f"train/ has a single class ({classes[0]}): training works, but kNN and probe accuracies are "
              "1.0 whatever is learned")
-    files = {s: [(p, k) for k, c in enumerate(classes) for p in found[s].get(c, [])] for s in ("train", "val")}
+    files = {split: [(p, k) for k, c in enumerate(classes) for p in found[split].get(c, [])]
+             for split in ("train", "val")}
     if not files["val"]:
-        fail(f"--data-dir {root}: val/ has no images of train/'s classes ({', '.join(classes[:5])})")
+        fail(f"--data-dir {root}: val/ has no images of train/'s classes ({some(classes, 5)})")
     return files, classes, left_out
 
 
 def walk_class(top, seen, others, links):
-    """The image files under one class folder, sorted (os.walk), links followed only to what exists inside its
-    own tree and is not listed yet (seen: the split's real paths so far); the class folder may be a link out
-    of the split. Links left out go to `links` (paths under the split), non-images to `others` (per extension)."""
+    """The image files under one class folder (sorted), links followed only to what is inside its own tree
+    and not listed yet (seen: the split's real paths); the class folder itself may link out of the split.
+    Links left out go to `links`, non-images to `others` (per extension); None for a class folder that
+    links to another class, to the split or above it."""
     base, parent, files = os.path.realpath(top), os.path.dirname(top), []
-    inside, split = lambda p: p.startswith(base + os.sep), os.path.realpath(parent)
+    split = os.path.realpath(parent)
     if os.path.islink(top) and os.path.commonpath([base, split]) in (base, split):
-        return links.append(os.path.basename(top))  # a link to another class, to the split or above it: None
+        links.append(os.path.basename(top))
+        return None
+    inside = lambda p: p.startswith(base + os.sep)
+
+    def first(path, names):  # not hidden; a folder's own entries before the links to them
+        links_last = lambda n: (os.path.islink(os.path.join(path, n)), n)
+        return sorted((n for n in names if not n.startswith(".")), key=links_last)
     walked = {base}
-    first = lambda names: sorted((n for n in names if not n.startswith(".")),  # a folder's own entries before
-                                 key=lambda n: (os.path.islink(os.path.join(path, n)), n))  # links to them
     for path, dirs, names in os.walk(top, followlinks=True):
         real_dir, kept = os.path.realpath(path), []
-        for d in first(dirs):
+        for d in first(path, dirs):
             real = os.path.realpath(os.path.join(path, d))
             if real in walked or not inside(real):
                 links.append(os.path.relpath(os.path.join(path, d), parent))
@@ -587,7 +598,7 @@ def walk_class(top, seen, others, links):
                 walked.add(real)
                 kept.append(d)
         dirs[:] = kept
-        for f in first(names):
+        for f in first(path, names):
             p, link = os.path.join(path, f), os.path.islink(os.path.join(path, f))
             real = os.path.realpath(p) if link else os.path.join(real_dir, f)
             if not f.lower().endswith(IMAGE_EXTENSIONS):
@@ -617,14 +628,12 @@ def stamp(path):
 
 
 def describe_change(cached, new):
-    """Why a cache is made again, in words: unreadable, another version, or another folder record (new)."""
+    """Why a cache is made again: unreadable, another version, or another file record (classes follow it)."""
     if "error" in cached:
         return f"the old one could not be read ({cached['error']})"
     if cached.get("version") != CACHE_VERSION:
         return "the old one was made by another version of this code"
     old, new = {r[0]: r[1:] for r in cached["files"]}, {r[0]: r[1:] for r in new}
-    if old == new:
-        return "the class list changed since"
     changed = sum(new[k] != old[k] for k in new.keys() & old.keys())
     return (f"the folder changed since ({len(new.keys() - old.keys())} files added, "
             f"{len(old.keys() - new.keys())} removed, {changed} changed)")
@@ -641,28 +650,27 @@ def check_memory(n, size):
     need, available = 3 * size * size * n, available_memory()
     if available and need > 0.8 * available:
         fits = max(8, int(math.sqrt(0.8 * available / (3 * n))))
-        fail(f"--image-size {size}: the {n:,} images decoded need {need / 1e9:.1f} GB and {available / 1e9:.1f} GB "
-             f"of memory is available; --image-size {fits} would fit (or use --train-subset)")
+        fail(f"--image-size {size}: the {n:,} images decoded need {need / 1e9:.1f} GB and "
+             f"{available / 1e9:.1f} GB of memory is available; --image-size {fits} would fit "
+             "(or use --train-subset)")
 
 
 def decode_split(files, size, desc):
     """Decode [(path, label)] into one uint8 (N, 3, size, size) tensor with a pool of threads (PIL and the
-    resize release the GIL). Returns the images, their labels, and 'path (error)' for each undecodable file."""
+    resize release the GIL). Returns the images, their labels, and 'path (error)' of each undecodable file."""
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    errors = [None] * len(files)
 
-    def one(i):
+    def one(i):  # None, or 'path (error)'
         try:
             images[i] = decode_image(files[i][0], size)
         except Exception as e:  # not an image after all, truncated, an unsupported variant, ...
-            errors[i] = f"{files[i][0]} ({e.__class__.__name__}: {str(e)[:80]})"
+            return f"{files[i][0]} ({e.__class__.__name__}: {str(e)[:80]})"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one image per thread, no threads inside its resize
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    pool = concurrent.futures.ThreadPoolExecutor(cores)  # every core, even where torchrun sets OMP_NUM_THREADS=1
+    pool = concurrent.futures.ThreadPoolExecutor(cores)  # every core, even if torchrun sets OMP_NUM_THREADS=1
     try:
-        for _ in Progress(pool.map(one, range(len(files))), len(files), desc, unit="file"):
-            pass
+        errors = list(Progress(pool.map(one, range(len(files))), len(files), desc, unit="file"))
     finally:  # also on Ctrl-C: drop what has not started
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
@@ -675,9 +683,8 @@ def decode_split(files, size, desc):
 
 
 def decode_image(path, size):
-    """One image file (the first frame of an animation) as uint8 RGB (3, size, size), resized as
-    resize_images. PIL's draft mode decodes a JPEG at 1/2-1/8 scale when that keeps `size` px: much faster.
-    EXIF orientation is not applied (as torchvision's ImageFolder)."""
+    """One image file (an animation's first frame) as uint8 RGB (3, size, size), without EXIF rotation (as
+    ImageFolder). PIL's draft mode decodes a JPEG at 1/2-1/8 scale when that keeps `size` px: much faster."""
     with PIL.Image.open(path) as img:
         img.draft("RGB", (size, size))
         rgb = torch.from_numpy(pil_to_rgb(img)).permute(2, 0, 1)            # (3, H, W) uint8
@@ -701,14 +708,18 @@ def resize_images(x, size):
     """uint8 (N, 3, H, W): shorter side to `size` (antialiased bilinear), centre crop size x size."""
     if x.shape[-2:] == (size, size):
         return x
-    return torch.cat([TF.center_crop(TF.resize(chunk, [size], antialias=True), [size, size]) for chunk in x.split(1024)])
+    chunks = [TF.center_crop(TF.resize(c, [size], antialias=True), [size, size]) for c in x.split(1024)]
+    return torch.cat(chunks)
 
 
 def channel_stats(x):
-    """Per-channel mean and std of uint8 images (N, 3, H, W) in [0, 1] units, from exact integer sums by chunks."""
-    sums = sum(torch.stack([c.sum((0, 2, 3), dtype=torch.int64), c.int().square().sum((0, 2, 3), dtype=torch.int64)])
-               for c in x.split(64)).double() / (x.numel() // 3)                    # (2, 3) E[x], E[x^2]
-    return (sums[0] / 255).tolist(), ((sums[1] - sums[0] ** 2).sqrt() / 255).tolist()
+    """Per-channel mean and std of uint8 images (N, 3, H, W) in [0, 1] units, from exact integer sums."""
+    sums = torch.zeros(2, 3, dtype=torch.int64)  # per channel: sum of x, sum of x^2
+    for c in x.split(64):  # an int32 copy of 64 images at a time
+        sums[0] += c.sum((0, 2, 3), dtype=torch.int64)
+        sums[1] += c.int().square().sum((0, 2, 3), dtype=torch.int64)
+    mean, square = sums.double() / (x.numel() // 3)  # E[x], E[x^2]
+    return (mean / 255).tolist(), ((square - mean ** 2).sqrt() / 255).tolist()
 
 
 # ------------------------------------------------------------------ data: shapes
@@ -736,7 +747,7 @@ def make_shapes(n, size=32, seed=0):
         th = 2 * math.pi * u01(m, 1, 1)
         u = ((X - cx) * th.cos() + (Y - cy) * th.sin()) / r  # shape coordinates, (m, S, S)
         v = (-(X - cx) * th.sin() + (Y - cy) * th.cos()) / r
-        mask = torch.stack([shape_mask(int(k), u[j], v[j]) for j, k in enumerate(labels[idx])]).float()
+        mask = torch.stack([shape_mask(int(k), u[j], v[j]) for j, k in enumerate(labels[idx])])  # (m, S, S)
         lum = lambda c: (c * torch.tensor([0.299, 0.587, 0.114])).sum(1)
         # colours from a small palette: many images of a batch share a colour pair, so colour cannot
         # tell instances apart and contrastive learning has to look at the shape
@@ -747,7 +758,7 @@ def make_shapes(n, size=32, seed=0):
             fg[bad] = PALETTE[torch.randint(len(PALETTE), (int(bad.sum()),), generator=g)]
         phi, freq, phase = math.pi * u01(m, 1, 1), 1 + 5 * u01(m, 1, 1), 2 * math.pi * u01(m, 1, 1)
         stripes = 0.1 * u01(m, 1, 1) * torch.sin(math.pi * freq * (X * phi.cos() + Y * phi.sin()) + phase)
-        img = bg[:, :, None, None] * (1 + stripes[:, None]) * (1 - mask[:, None]) + fg[:, :, None, None] * mask[:, None]
+        img = torch.where(mask[:, None], fg[:, :, None, None], bg[:, :, None, None] * (1 + stripes[:, None]))
         img = F.avg_pool2d(img, 2) + 0.04 * u01(m, 1, 1, 1) * torch.randn(m, 3, size, size, generator=g)
         images[idx] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return images, labels
@@ -759,17 +770,22 @@ def shape_mask(k, u, v):
     def polygon(sides):  # regular polygon with circumradius 1
         sector = 2 * math.pi / sides
         return rho * torch.cos(torch.remainder(ang, sector) - sector / 2) <= math.cos(math.pi / sides)
+    if k == 0:
+        return rho <= 1
     if k in (1, 2, 3):
         return polygon((3, 4, 6)[k - 1])
-    if k == 0: return rho <= 1
     if k == 4:  # five-pointed star: radius goes 0.4 -> 1 -> 0.4 across each of the 5 sectors
         t = torch.remainder(ang, 2 * math.pi / 5) / (2 * math.pi / 5)
         return rho <= 0.4 + 0.6 * (1 - (2 * t - 1).abs())
-    if k == 5: return ((u.abs() <= 0.33) & (v.abs() <= 1)) | ((v.abs() <= 0.33) & (u.abs() <= 1))
-    if k == 6: return (rho <= 1) & (rho >= 0.55)
-    if k == 7: return (u ** 2 + (v + 0.4) ** 2 <= 1) & (v >= -0.4)
-    if k == 8: return u ** 2 + (v / 0.5) ** 2 <= 1
-    return ((u >= -1) & (u <= -0.3) & (v.abs() <= 1)) | ((u.abs() <= 1) & (v >= -1) & (v <= -0.3))
+    if k == 5:  # cross
+        return ((u.abs() <= 0.33) & (v.abs() <= 1)) | ((v.abs() <= 0.33) & (u.abs() <= 1))
+    if k == 6:  # ring
+        return (rho <= 1) & (rho >= 0.55)
+    if k == 7:  # semicircle
+        return (u ** 2 + (v + 0.4) ** 2 <= 1) & (v >= -0.4)
+    if k == 8:  # ellipse
+        return u ** 2 + (v / 0.5) ** 2 <= 1
+    return ((u >= -1) & (u <= -0.3) & (v.abs() <= 1)) | ((u.abs() <= 1) & (v >= -1) & (v <= -0.3))  # L
 
 
 # ------------------------------------------------------------------ data: the loader
@@ -816,8 +832,8 @@ class OnlineProbe:
     optimizer and schedule, on both views."""
     def __init__(self, dim, classes, device, lr=1e-3):
         self.linear = nn.Linear(dim, classes).to(device)
-        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0,
-                                           fused=torch.device(device).type in ("cpu", "cuda"))  # no .item() a step
+        fused = torch.device(device).type in ("cpu", "cuda")  # no .item() a step
+        self.optimizer = torch.optim.AdamW(self.linear.parameters(), lr=lr, weight_decay=0.0, fused=fused)
 
     def step(self, features, labels):
         features, labels = gather(features.detach()), gather(labels)  # global batch: the same step everywhere
@@ -862,7 +878,8 @@ def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0
     correct = 0
     for f, y in zip(test_f.split(chunk), test_y.split(chunk)):
         sim, idx = (f @ train_f.T).topk(k, dim=1)  # (c, k)
-        votes = torch.zeros(len(f), classes, device=f.device).scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        votes = torch.zeros(len(f), classes, device=f.device)
+        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())  # (c, classes)
         correct += (votes.argmax(1) == y).sum()
     return float(correct) / len(test_f)
 
@@ -872,9 +889,10 @@ def pixel_knn_accuracy(data, device):
     """The same kNN on the raw pixels of the bank and test images (at the training size, each pixel
     standardised over the bank; its std floored at one grey level): what learned features must beat."""
     # grey images (3 equal channels, as MNIST's) give the same cosines from one channel, 3x faster
-    c = 1 if all(torch.equal(x[:, 1:], x[:, :1].expand_as(x[:, 1:])) for x in (data.probe_x, data.test_x)) else 3
-    flat = lambda x: torch.cat([part[:, :c].to(device).flatten(1).float() for part in x.split(4096)])  # (N, c S S)
-    bank, test = flat(data.probe_x), flat(data.test_x)
+    grey = all(torch.equal(x[:, 1:], x[:, :1].expand_as(x[:, 1:])) for x in (data.probe_x, data.test_x))
+    c = 1 if grey else 3
+    bank, test = [torch.cat([part[:, :c].to(device).flatten(1).float() for part in x.split(4096)])
+                  for x in (data.probe_x, data.test_x)]  # (N, c S S)
     mean, std = bank.mean(0), bank.std(0).clamp(min=1.0)
     return knn_accuracy(bank.sub_(mean).div_(std), data.probe_y.to(device), test.sub_(mean).div_(std),
                         data.test_y.to(device), data.classes)
@@ -930,7 +948,8 @@ class LARS(torch.optim.Optimizer):
             updates = [p.grad for p in params]
             if not group["lars_exclude"]:
                 updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
-                w_norm, u_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates))
+                w_norm = torch.stack(torch._foreach_norm(params))   # (P,)
+                u_norm = torch.stack(torch._foreach_norm(updates))  # (P,)
                 trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm, 1.0)  # (P,)
                 if group["clip"]:
                     trust = (trust / group["lr"]).clamp(max=1.0)
@@ -977,7 +996,7 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def seed_epoch(seed, epoch):  # epoch e draws the same whether the run stopped before or not: --resume needs no RNG
+def seed_epoch(seed, epoch):  # epoch e draws the same whether the run stopped before or not: no RNG saved
     seed_everything(seed * 100_003 + epoch)
 
 
@@ -1077,21 +1096,19 @@ class Meter:
 # torchrun starts one process per GPU. --batch-size is the global batch, of which each process takes its
 # slice, so a recipe's lr means the same on 1 or 8 GPUs. Every process draws the same random numbers (the
 # shuffle, the augmentation of the whole global batch, the masks): N processes train like one.
-
-
 def get_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":  # cuda, then mps, then cpu
+        name = next((kind for kind, ok in available.items() if ok), "cpu")
     kind = name.split(":")[0]
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(kind, True)
-    if not available:
+    if not available.get(kind, True):
         fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
     return torch.device(name)
 
 
 def busy_cores(samples=5):
     """Cores of this process that others use now: Linux's procs_running less this one (median of samples
-    10 ms apart), scaled to the cores this process may use (a container sees the host's tasks). 0 elsewhere."""
+    10 ms apart), scaled to the cores this process may use (a container sees the host's tasks). Else 0."""
     counts = []
     for _ in range(samples):
         try:
@@ -1107,32 +1124,34 @@ def busy_cores(samples=5):
 def choose_threads():
     """torch's threads (one per core, or OMP_NUM_THREADS) less the cores others are busy with: every op waits
     for its slowest thread, and one sharing a core stalls them all (benchmarks/busy.py: 3.1x vs 1.5x)."""
-    threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" in os.environ:
-        return threads
-    return max(1, threads - round(busy_cores()))
+        return torch.get_num_threads()
+    return max(1, torch.get_num_threads() - round(busy_cores()))
 
 
 def setup_device(args):
-    """This process's device (--device) and --threads; under torchrun it joins the process group (NCCL on
-    CUDA, gloo on CPU). Records the device, threads and world_size in args (args.json)."""
+    """This process's device (--device) and --threads, recorded in args (args.json) with world_size; errors
+    that need no trace in one line. Under torchrun it joins the process group (join_processes)."""
     if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):  # piped to a file: each line as it
         sys.stdout.reconfigure(line_buffering=True)                       # is printed, not minutes later
     args.threads = args.threads or choose_threads()  # recorded in args.json: a --resume uses the same number
     torch.set_num_threads(args.threads)
     args.world_size = WORLD_SIZE
     device = get_device(args.device)
-    args.device = str(device if WORLD_SIZE == 1 or device.type != "cuda" else torch.device("cuda", LOCAL_RANK))
+    if WORLD_SIZE > 1 and device.type == "cuda":
+        device = torch.device("cuda", LOCAL_RANK)
+    args.device = str(device)
     default_hook = sys.excepthook
 
-    def one_line(kind, e, tb):  # out of GPU memory, or a process of the job that failed: one line, not a trace
+    def one_line(kind, e, tb):  # out of GPU memory, or another process of the job failed: one line, no trace
+        lost = WORLD_SIZE > 1 and issubclass(kind, RuntimeError) and (  # the failed one closes connections
+            "peer" in str(e) or issubclass(kind, getattr(dist, "DistError", ())))
         if issubclass(kind, torch.cuda.OutOfMemoryError):
             print(f"error: the GPU ran out of memory; use a smaller --batch-size (now {args.batch_size}) or "
                   f"--image-size (now {args.image_size})", file=sys.stderr)
-        elif WORLD_SIZE > 1 and issubclass(kind, RuntimeError) and ("peer" in str(e) or issubclass(
-                kind, getattr(dist, "DistError", ()))):  # a process that failed closes its connections
-            print(f"error: process {RANK} stopped because another process of the job failed (its error is above)",
-                  file=sys.stderr)
+        elif lost:
+            print(f"error: process {RANK} stopped because another process of the job failed (its error is "
+                  "above)", file=sys.stderr)
         else:
             default_hook(kind, e, tb)
     sys.excepthook = one_line
@@ -1143,21 +1162,24 @@ def join_processes(args, device):  # under torchrun: refuse what does not work t
     if device.type not in ("cuda", "cpu"):
         fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
     if args.compile:
-        fail("--compile: not under torchrun (SyncBatchNorm and the batch gather break torch.compile's graphs); "
-             "drop --compile, or train in one process")
+        fail("--compile: not under torchrun (SyncBatchNorm and the batch gather break torch.compile's "
+             "graphs); drop --compile, or train in one process")
     if args.batch_size % WORLD_SIZE:
         fail(f"--batch-size {args.batch_size} is the global batch and must be a multiple of the "
              f"{WORLD_SIZE} processes (each takes an equal slice)")
     if device.type == "cuda":
-        device = torch.device("cuda", LOCAL_RANK)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        # timeout: the others wait while the first process of a machine downloads or decodes the data (minutes)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-        # Leave the group while Python is whole: gloo's threads torn down during finalisation abort a
-        # finished run at exit (SIGABRT; pytorch PR 179291).
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+        # timeout: the others wait while the first process of a machine downloads or decodes data (minutes)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+        atexit.register(leave_process_group)  # SIGABRT at exit without it (pytorch PR 179291)
     return device
+
+
+def leave_process_group():  # at exit, while Python is whole: else gloo's threads abort a finished run
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(x):
@@ -1202,8 +1224,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def sync_batchnorm(model):
-    """BatchNorm layers normalise over the global batch under torchrun (SimCLR, VICReg and Barlow
-    Twins' official code all do): torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm on CPU."""
+    """BatchNorm over the global batch under torchrun, as in SimCLR's, VICReg's and Barlow Twins' code."""
     if WORLD_SIZE == 1:
         return model
     if next(model.parameters()).is_cuda:
@@ -1211,15 +1232,14 @@ def sync_batchnorm(model):
     for parent in list(model.modules()):
         for name, bn in list(parent.named_children()):
             if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                new = CPUSyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine).to(bn.running_mean.device)
-                new.load_state_dict(bn.state_dict())
+                new = CPUSyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine)
+                new.to(bn.running_mean.device).load_state_dict(bn.state_dict())
                 setattr(parent, name, new)
     return model
 
 
 def ddp(model):
-    """What the training step calls: DistributedDataParallel under torchrun (it averages gradients
-    over processes during backward, overlapping the communication), else the model itself."""
+    """DistributedDataParallel under torchrun (it averages gradients during backward), else the model."""
     if WORLD_SIZE == 1:
         return model
     device_ids = [LOCAL_RANK] if next(model.parameters()).is_cuda else None
@@ -1252,10 +1272,8 @@ def checked(kind, ok, allowed):
 def positive(kind):
     return checked(kind, lambda v: v > 0, "positive")
 
-
 def nonnegative(kind):
     return checked(kind, lambda v: v >= 0, "0 or more")
-
 
 def in_range(kind, low, high):  # closed interval
     return checked(kind, lambda v: low <= v <= high, f"in [{low}, {high}]")
@@ -1265,7 +1283,7 @@ class HelpFormatter(argparse.HelpFormatter):
     """--help shows the value a run uses for each flag: its default for every dataset (common.py's, or
     the method's RECIPES["all"]), then the datasets whose recipe sets another (put there by parse_args)."""
     def _get_help_string(self, action):
-        unset = action.default in (None, argparse.SUPPRESS) or action.default is False
+        unset = action.default in (None, argparse.SUPPRESS) or action.default is False  # 0 is shown
         shown = [] if unset else ["default: %(default)s"]
         shown += [action.per_dataset] if getattr(action, "per_dataset", "") else []
         return (action.help or "") + (f" ({'; '.join(shown)})" if shown else "")
@@ -1274,25 +1292,23 @@ class HelpFormatter(argparse.HelpFormatter):
 def get_parser(method, doc, recipes):
     """The shared flags in groups; a method file adds its own. recipes["all"]: the method's values for every
     dataset, recipes[<dataset>]: what differs. Precedence: defaults below, "all", the dataset's, the flags."""
-    epilog = (f"Defaults depend on --dataset. Each flag shows its value for every dataset ({method}.py's "
-              f"RECIPES['all'] over common.py's), then the datasets whose recipe (RECIPES near the top of "
-              f"{method}.py) sets another. Flags given on the command line win over both. The program "
-              f"prints the recipe it uses and the flags that override it; args.json keeps the final values.")
+    epilog = (f"Defaults depend on --dataset: each flag shows its value for every dataset ({method}.py's "
+              f"RECIPES['all'] over common.py's), then the datasets whose recipe sets another. A flag given "
+              "wins over both. A run prints its recipe and the flags that override it; args.json keeps all.")
     p = ArgumentParser(prog=f"{method}.py", description=doc.split("\n")[0], formatter_class=HelpFormatter,
                        epilog=epilog)
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="shapes", choices=DATASETS, help="what to train on (shapes: generated, "
-                      "no download)")
-    data.add_argument("--recipe", choices=[r for r in recipes if r != "all"], help="another recipe of the method's "
-                      "table, e.g. --recipe laptop (real images on a laptop CPU) for your own --dataset imagefolder "
+    data.add_argument("--dataset", default="shapes", choices=DATASETS, help="shapes: generated, no download")
+    data.add_argument("--recipe", choices=[r for r in recipes if r != "all"], help="another recipe of the "
+                      "method's table, e.g. laptop (real images on a laptop CPU) for --dataset imagefolder "
                       "(default: --dataset's; mnist, fashion-mnist: laptop)")
     data.add_argument("--data-dir", default="data", help="where datasets are downloaded / looked for")
     data.add_argument("--image-size", type=in_range(int, 8, 4096),
-                      help="pixels; unless a recipe sets it, the dataset's own: 32, stl10 96, imagefolder 224")
+                      help="pixels; unless a recipe sets it the dataset's: 32, stl10 96, imagefolder 224")
     data.add_argument("--train-subset", type=nonnegative(int), default=0, help="train on a random sample of "
                       "N training images (seed 0, the same for every --seed); 0: all of them")
     data.add_argument("--policy", default="asymmetric", choices=[k for k in POLICIES if k != "linear"],
-                      help="augmentation policy (common.POLICIES)")
+                      help="augmentation (common.POLICIES)")
     model = p.add_argument_group("model")
     model.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"], help="backbone")
     model.add_argument("--width", type=positive(int), default=64, help="ResNet base width (64 = standard)")
@@ -1303,34 +1319,31 @@ def get_parser(method, doc, recipes):
                      "--epochs = N / training images, at least 1 (0: --epochs; a given --epochs wins)")
     opt.add_argument("--batch-size", default=256, help="global batch (all processes together)",
                      type=checked(int, lambda v: v >= 2, "at least 2 (losses compare samples)"))
-    opt.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate, for the global batch")
+    opt.add_argument("--lr", type=positive(float), default=0.3, help="peak learning rate (global batch)")
     opt.add_argument("--min-lr", type=nonnegative(float), default=0.0, help="end of the cosine schedule")
     opt.add_argument("--warmup-lr", type=nonnegative(float), default=0.0, help="start of the linear warmup")
     opt.add_argument("--warmup-epochs", type=nonnegative(float), default=10, help="linear warmup length")
-    opt.add_argument("--weight-decay", type=nonnegative(float), default=1e-4,
-                     help="weight decay (not on biases and BatchNorm)")
-    opt.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"],
-                     help="lars and sgd with momentum 0.9")
+    opt.add_argument("--weight-decay", type=nonnegative(float), default=1e-4, help="not on biases, BatchNorm")
+    opt.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw"], help="momentum 0.9")
     opt.add_argument("--lars-clip", action=argparse.BooleanOptionalAction, default=False,
-                     help="LARS: step min(eta * trust ratio, lr), not lr * eta * trust ratio (solo-learn clip_lr)")
+                     help="LARS: step min(eta * trust, lr), not lr * eta * trust (solo-learn's clip_lr)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-every", type=positive(int), default=10, help="kNN / probe test every N epochs")
-    ev.add_argument("--linear-epochs", type=nonnegative(int), default=0,
-                    help="offline linear evaluation epochs at the end (0: skip)")
-    ev.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis measures "
-                    "(effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
+    ev.add_argument("--linear-epochs", type=nonnegative(int), default=0, help="offline linear evaluation "
+                    "epochs at the end (0: skip)")
+    ev.add_argument("--track-every", type=nonnegative(int), default=0, help="every K epochs log analysis "
+                    "measures (effective rank, I(R;Z), AAC, uniformity, ...) of 1,000 test images; 0: off")
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
-    run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core that "
-                     "no other process is busy with at startup, at least 1)")
-    run.add_argument("--seed", type=nonnegative(int), default=0, help="random seed of the initialisation, "
-                     "shuffle and augmentations")
+    run.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cuda, cuda:N, mps, cpu")
+    run.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: one per core "
+                     "that no other process is busy with at startup, at least 1)")
+    run.add_argument("--seed", type=nonnegative(int), default=0, help="random seed (weights, shuffle, views)")
     run.add_argument("--out", default="runs", help="folder that holds the run folders")
-    run.add_argument("--name", default=None, help="run folder name (default: method-dataset-time)")
-    run.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN (or RUN/last.pt), saved arguments")
-    run.add_argument("--stop-after", type=positive(int), help="stop after this epoch (continue with --resume)")
-    run.add_argument("--save-every", type=nonnegative(int), default=0, help="write last.pt every N epochs, and at the "
-                     "end and --stop-after; 0: whenever writing it has taken at most 2%% of the training time so far")
+    run.add_argument("--name", help="run folder name (default: method-dataset-time)")
+    run.add_argument("--resume", metavar="RUN", help="continue the run in RUN (or RUN/last.pt) as saved")
+    run.add_argument("--stop-after", type=positive(int), help="stop after epoch N (continue with --resume)")
+    run.add_argument("--save-every", type=nonnegative(int), default=0, help="write last.pt every N epochs, "
+                     "at the end and --stop-after; 0: while writing has taken <= 2%% of the training time")
     p.set_defaults(method=method)
     p.recipes = recipes
     return p
@@ -1344,6 +1357,8 @@ def given_flags(parser, argv, args):
 
 
 def parse_args(parser, argv=None):
+    """The arguments of a run: common.py's defaults, the method's RECIPES["all"], then the dataset's recipe
+    for what no flag gives (apply_recipe); on --resume the saved arguments (resume_args)."""
     parser.set_defaults(**parser.recipes.get("all", {}))  # here, once the method file added its flags
     for action in parser._actions:  # for --help: the datasets whose recipe gives the flag another value
         others = {name: recipe[action.dest] for name, recipe in parser.recipes.items()
@@ -1352,56 +1367,64 @@ def parse_args(parser, argv=None):
     args = parser.parse_args(argv)
     if args.device not in ("auto", "cuda", "mps", "cpu") and not args.device.startswith("cuda:"):
         parser.error(f"argument --device: expected auto, cuda, cuda:N, mps or cpu, got {args.device!r}")
-    given = parser.given = given_flags(parser, argv, args)  # parser.given: for a method's own defaults
+    parser.given = given_flags(parser, argv, args)  # also for a method's own defaults
     flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}  # dest -> --flag
-    if args.resume:  # the saved arguments win; a flag given now that disagrees is an error, not a surprise
-        mine = {"resume", "stop_after", "device", "save_every"} | ({"data_dir"} & given)  # a resume may set these
-        given -= mine
-        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
-        try:
-            saved = json.load(open(os.path.join(run_dir, "args.json")))
-        except (OSError, ValueError) as e:
-            fail(f"--resume {args.resume}: cannot read {run_dir}/args.json ({e.__class__.__name__})")
-        if saved.get("method") != args.method:
-            fail(f"--resume {args.resume}: that is a {saved.get('method')} run; "
-                 f"resume it with {saved.get('method')}.py")
-        for k in sorted(given):
-            if k in saved and saved[k] != getattr(args, k):
-                fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run "
-                     f"({saved[k]}); resume uses the saved arguments, so drop the flag")
-        vars(args).update({k: v for k, v in saved.items() if k not in mine})
-        args.out, args.name = os.path.dirname(os.path.abspath(run_dir)), os.path.basename(os.path.abspath(run_dir))
-    else:  # the dataset's recipe fills in whatever was not given on the command line
-        args.recipe = args.recipe or {"mnist": "laptop", "fashion-mnist": "laptop"}.get(args.dataset, args.dataset)
-        recipe = dict(parser.recipes.get(args.recipe, {}))
-        if args.recipe != args.dataset and recipe.get("train_subset") and "train_subset" not in given:
-            print0(f"recipe {args.recipe}: its --train-subset {recipe.pop('train_subset')} is for {args.recipe}, so "
-                   f"--dataset {args.dataset} trains on all its images (--train-subset N for a random sample)")
-        vars(args).update({k: v for k, v in recipe.items() if k not in given})
-        args.images = 0 if "epochs" in given and "images" not in given else args.images  # --epochs beats a recipe's
-        flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
-                         if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
-        print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
-              + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
+    if args.resume:
+        resume_args(args, parser.given, flag)
+    else:
+        apply_recipe(args, parser.recipes, parser.given, flag)
     args.data_dir = os.path.abspath(args.data_dir)  # args.json: the same folder from any working directory
     return args
 
 
+def resume_args(args, given, flag):
+    """The saved arguments of the run in --resume win; a flag given now that disagrees is an error, not a
+    surprise. A resume may set --resume, --stop-after, --device, --save-every and --data-dir."""
+    mine = {"resume", "stop_after", "device", "save_every"} | ({"data_dir"} & given)
+    given -= mine
+    run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+    try:
+        saved = json.load(open(os.path.join(run_dir, "args.json")))
+    except (OSError, ValueError) as e:
+        fail(f"--resume {args.resume}: cannot read {run_dir}/args.json ({e.__class__.__name__})")
+    if saved.get("method") != args.method:
+        method = saved.get("method")
+        fail(f"--resume {args.resume}: that is a {method} run; resume it with {method}.py")
+    for k in sorted(given):
+        if k in saved and saved[k] != getattr(args, k):
+            fail(f"--resume: {flag[k]} {getattr(args, k)} differs from the saved run ({saved[k]}); resume "
+                 "uses the saved arguments, so drop the flag")
+    vars(args).update({k: v for k, v in saved.items() if k not in mine})
+    args.out, args.name = os.path.split(os.path.abspath(run_dir))
+
+
+def apply_recipe(args, recipes, given, flag):
+    """The recipe (--recipe, or the dataset's) fills in whatever was not given on the command line."""
+    default = "laptop" if args.dataset in ("mnist", "fashion-mnist") else args.dataset
+    args.recipe = args.recipe or default
+    recipe = dict(recipes.get(args.recipe, {}))
+    if args.recipe != args.dataset and recipe.get("train_subset") and "train_subset" not in given:
+        print0(f"recipe {args.recipe}: its --train-subset {recipe.pop('train_subset')} is for {args.recipe}, "
+               f"so --dataset {args.dataset} trains on all its images (--train-subset N for a random sample)")
+    vars(args).update({k: v for k, v in recipe.items() if k not in given})
+    if "epochs" in given and "images" not in given:  # a given --epochs beats a recipe's --images
+        args.images = 0
+    flags = " ".join(f"{flag[k]} {getattr(args, k)}" for k in sorted(given)
+                     if k not in ("dataset", "recipe", "out", "name", "seed", "device"))
+    print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
+           + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
+
+
 # ----------------------------------------------------------------------------------- run folder
 def to_json(obj, **kwargs):
-    """json.dumps with a NaN or infinite float as null (JSON has no NaN): every file written is valid JSON."""
-    def clean(o):
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return None if isinstance(o, float) and not math.isfinite(o) else o
-    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+    """json.dumps with NaN and infinities as null (JSON has no NaN): every file written is valid JSON."""
+    nulled = json.loads(json.dumps(obj), parse_constant=lambda name: None)  # NaN, Infinity, -Infinity
+    return json.dumps(nulled, allow_nan=False, **kwargs)
 
 
 def atomic_write(path, data, on_disk=None):
     """Write text or a torch.save-able object (read back: a short write never replaces a good file) to a
-    temp file renamed over `path`. A failure is one line that says what is on disk (on_disk, or the old file)."""
+    temp file renamed over `path`. A failure is one line saying what is on disk (on_disk, or the old file)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         if isinstance(data, str):
@@ -1480,37 +1503,16 @@ class Run:
     """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
     main() calls Run(...), start, then per epoch check_finite, log, save (stopped for --stop-after), finish.
     Every message about what is on disk names the epoch last.pt holds (self.saved), or that there is none."""
-
     def __init__(self, args, script, device):
         self.args, self.script, self.device = args, script, device
         self.checkpoint, self.saved = None, None  # saved: the epoch last.pt holds
+        self.seconds, self.last_eval, self.save_seconds = 0.0, {}, 0.0
         if args.resume and not os.path.exists(os.path.join(args.out, args.name, "last.pt")):
             fail(f"--resume {args.resume}: no last.pt in {os.path.join(args.out, args.name)}")
-        try:  # claim the folder before anything is written into it; fail now, in one line, if that cannot be
-            holder = claim(args) if RANK == 0 else None
-        except OSError as e:
-            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
-        if dist.is_initialized():  # the other processes use the folder process 0 claimed
-            name = [args.name]
-            dist.broadcast_object_list(name, src=0)
-            args.name = name[0]
-        self.dir = os.path.join(args.out, args.name)
+        self.dir = self.claim_folder()
         self.ckpt_path = os.path.join(self.dir, "last.pt")
-        if holder:
-            fail(f"{'--resume' if args.resume else '--name'}: {self.dir} is in use by another run (process "
-                 f"{holder}); {'resume it once that has ended' if args.resume else 'choose another --name or --out'}")
         if args.resume:
-            try:
-                self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-                assert {"epoch", "args", "state"} <= set(self.checkpoint)
-            except Exception as e:
-                fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
-                     f"({e.__class__.__name__}); the file is left untouched")
-            self.saved = self.checkpoint["epoch"]
-            if self.checkpoint["epoch"] >= args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
-                print0(f"{self.dir} has finished all its {args.epochs} epochs (results.json); nothing to resume. "
-                       f"To train longer, start a new run with a larger --epochs.")
-                raise SystemExit(0)
+            self.read_checkpoint()
         elif os.path.exists(self.ckpt_path):
             fail(f"--name: {self.dir} already holds a run (last.pt); continue it with --resume {self.dir}, "
                  "or choose another --name or --out")
@@ -1521,8 +1523,39 @@ class Run:
         if WORLD_SIZE > 1:
             print0(f"{WORLD_SIZE} processes x {args.batch_size // WORLD_SIZE} images = global batch "
                    f"{args.batch_size}; --lr {args.lr} is for the global batch (nothing is rescaled)")
-        self.seconds, self.last_eval, self.save_seconds = 0.0, {}, 0.0
         signal.signal(signal.SIGINT, self.interrupted)  # from here on, data loading included
+
+    def claim_folder(self):
+        """Claim the folder (process 0, for all) before anything is written there, or fail in one line."""
+        args = self.args
+        try:
+            holder = claim(args) if RANK == 0 else None
+        except OSError as e:
+            fail(f"--out {args.out}: cannot create or write the output folder ({e.strerror or e})")
+        if dist.is_initialized():
+            name = [args.name]
+            dist.broadcast_object_list(name, src=0)
+            args.name = name[0]
+        path = os.path.join(args.out, args.name)
+        in_use = f"{path} is in use by another run (process {holder})"
+        if holder and args.resume:
+            fail(f"--resume: {in_use}; resume it once that has ended")
+        if holder:
+            fail(f"--name: {in_use}; choose another --name or --out")
+        return path
+
+    def read_checkpoint(self):
+        try:
+            self.checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+            assert {"epoch", "args", "state"} <= set(self.checkpoint)
+        except Exception as e:
+            fail(f"--resume: {self.ckpt_path} is corrupt or not a checkpoint of this repository "
+                 f"({e.__class__.__name__}); the file is left untouched")
+        self.saved = self.checkpoint["epoch"]
+        if self.saved >= self.args.epochs and os.path.exists(os.path.join(self.dir, "results.json")):
+            print0(f"{self.dir} has finished all its {self.args.epochs} epochs (results.json); nothing to "
+                   "resume. To train longer, start a new run with a larger --epochs.")
+            raise SystemExit(0)
 
     def on_disk(self):  # what last.pt holds, in words, for messages
         if self.saved is None:
@@ -1530,38 +1563,33 @@ class Run:
         return f"{self.ckpt_path} holds epoch {self.saved}; continue with --resume {self.dir}"
 
     def start(self, data, backbone, state):
-        """Write args.json and the code. On --resume restore every object of `state` (name -> object
-        with state_dict / load_state_dict, as saved by save()) and return the epoch to continue after;
-        else record the kNN accuracy of the randomly initialised backbone as epoch 0 (the baseline that
-        training has to beat) and return 0."""
+        """Write args.json and the code. On --resume restore every object of `state` (name -> object with
+        state_dict / load_state_dict, as saved by save()) and return the epoch to continue after; else log
+        the kNN accuracy of the random initialisation as epoch 0 (the baseline to beat) and return 0."""
         log = os.path.join(self.dir, "log.jsonl")
         if RANK == 0:  # under torchrun only the first process writes; the others compute the same things
-            os.makedirs(self.dir, exist_ok=True)
             atomic_write(os.path.join(self.dir, "args.json"), to_json(vars(self.args), indent=1))
             for f in (self.script, __file__):
                 shutil.copy(f, os.path.join(self.dir, os.path.basename(f)))
         if self.checkpoint is None:
             self.init_knn = evaluate(backbone, None, data, self.device)["knn_acc"]
             self.pixel_knn = pixel_knn_accuracy(data, self.device)
-            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation) pixel_knn_acc={self.pixel_knn:.4g} "
-                   "(raw pixels)")
-            if RANK == 0:
-                row = {"epoch": 0, "knn_acc": self.init_knn, "pixel_knn_acc": self.pixel_knn}
-                atomic_write(log, to_json(row) + "\n")
-            return 0
-        for k, obj in state.items():
-            obj.load_state_dict(self.checkpoint["state"][k])
-        done = self.checkpoint["epoch"]
-        lines = [json.loads(l) for l in open(log) if l.endswith("\n")] if os.path.exists(log) else []
-        lines = [l for l in lines if l["epoch"] <= done]  # drop epochs logged after the checkpoint
-        self.seconds = sum(l.get("seconds", 0) for l in lines)
-        first = lines[0] if lines and lines[0]["epoch"] == 0 else {}
-        self.init_knn, self.pixel_knn = first.get("knn_acc"), first.get("pixel_knn_acc")
-        self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
+            print0(f"epoch=0 knn_acc={self.init_knn:.4g} (random initialisation) "
+                   f"pixel_knn_acc={self.pixel_knn:.4g} (raw pixels)")
+            lines = [{"epoch": 0, "knn_acc": self.init_knn, "pixel_knn_acc": self.pixel_knn}]
+        else:
+            for k, obj in state.items():
+                obj.load_state_dict(self.checkpoint["state"][k])
+            lines = [json.loads(l) for l in open(log) if l.endswith("\n")] if os.path.exists(log) else []
+            lines = [l for l in lines if l["epoch"] <= self.saved]  # drop epochs logged after the checkpoint
+            self.seconds = sum(l.get("seconds", 0) for l in lines)
+            first = lines[0] if lines and lines[0]["epoch"] == 0 else {}
+            self.init_knn, self.pixel_knn = first.get("knn_acc"), first.get("pixel_knn_acc")
+            self.last_eval = next((l for l in reversed(lines) if "probe_acc" in l), {})
+            print0(f"resuming {self.dir} after epoch {self.saved}")
         if RANK == 0:
             atomic_write(log, "".join(to_json(l) + "\n" for l in lines))
-        print0(f"resuming {self.dir} after epoch {done}")
-        return done
+        return self.saved or 0
 
     def log_init(self, measures):
         """Add measures (--track-every's, of the random initialisation) to log.jsonl's epoch-0 row."""
@@ -1581,20 +1609,19 @@ class Run:
     def check_finite(self, row, state):
         """Stop in one line, before the epoch is logged or saved, if a loss term or any value of the state
         last.pt would hold is NaN or infinite (the last update can break weights under a finite mean loss)."""
-        bad = [k for k, v in row.items() if not math.isfinite(v)]
-        broken = {}
-        for name, obj in state.items():
-            values = list(flat_values(obj.state_dict()))
-            names = [k for k, v in values if not is_finite(v)]
-            if names:
-                broken[name] = (names, len(values))
-        if not bad and not broken:
-            return
-        what = ", ".join(f"{k} = {row[k]}" for k in bad) if bad else "; ".join(
-            f"{name}: {len(names)} of {n} values (e.g. {names[0]})" for name, (names, n) in broken.items())
-        kind = "the loss is not finite" if bad else "the state is not finite"
-        fail(f"epoch {row['epoch']}: {kind} ({what}); it was not saved: {self.on_disk()}. "
-             f"Start again with a lower --lr (now {self.args.lr})")
+        what = [f"{k} = {v}" for k, v in row.items() if not math.isfinite(v)]
+        kind = "loss"
+        if not what:  # the loss is finite: is the state?
+            kind = "state"
+            for name, obj in state.items():
+                values = list(flat_values(obj.state_dict()))
+                names = [k for k, v in values if not is_finite(v)]
+                if names:
+                    what.append(f"{name}: {len(names)} of {len(values)} values (e.g. {names[0]})")
+        if what:
+            what = (", " if kind == "loss" else "; ").join(what)
+            fail(f"epoch {row['epoch']}: the {kind} is not finite ({what}); it was not saved: "
+                 f"{self.on_disk()}. Start again with a lower --lr (now {self.args.lr})")
 
     def log(self, row):
         """Append the epoch's row to log.jsonl and print it (without world_size and global_batch)."""
@@ -1608,10 +1635,11 @@ class Run:
                         if k not in ("world_size", "global_batch")))
 
     def save(self, epoch, state):
-        """last.pt = {"epoch", "args", "state": {name: state_dict}} when --save-every says (default: while writing
-        has taken at most 2% of the training time), and at the last epoch and --stop-after."""
-        every, end = self.args.save_every, epoch >= min(self.args.epochs, self.args.stop_after or self.args.epochs)
-        if not (end or (epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds)):
+        """last.pt = {"epoch", "args", "state": {name: state_dict}} when --save-every says (default: while
+        writing has taken at most 2% of the training time), and at the last epoch and --stop-after."""
+        every, end = self.args.save_every, min(self.args.epochs, self.args.stop_after or self.args.epochs)
+        due = epoch % every == 0 if every else self.save_seconds <= 0.02 * self.seconds
+        if not (due or epoch >= end):
             return
         start = time.time()
         if RANK == 0:
@@ -1624,8 +1652,7 @@ class Run:
         print0(f"stopped after epoch {epoch} (--stop-after); continue with --resume {self.dir}")
 
     def finish(self, backbone, data, extra=None):
-        """Final results (and the offline linear evaluation when asked) into results.json; `extra`
-        holds a method's own final measurements."""
+        """Final results (+ offline linear evaluation if asked, a method's `extra`) into results.json."""
         results = {"knn_acc": self.last_eval.get("knn_acc"), "probe_acc": self.last_eval.get("probe_acc"),
                    "init_knn_acc": self.init_knn, "pixel_knn_acc": self.pixel_knn, "epochs": self.args.epochs,
                    "seconds": round(self.seconds, 2)}
@@ -1635,6 +1662,7 @@ class Run:
         results.update(extra or {})
         if RANK == 0:
             atomic_write(os.path.join(self.dir, "results.json"), to_json(results, indent=1))
-        print0(f"results: {to_json({k: v for k, v in results.items() if k not in (extra or {})})}  ({self.dir})")
+        shown = {k: v for k, v in results.items() if k not in (extra or {})}
+        print0(f"results: {to_json(shown)}  ({self.dir})")
         release(self.dir)
         return results

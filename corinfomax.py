@@ -22,12 +22,12 @@ the thesis' convention, equation 3.6, in nats (the Gaussian mutual information w
 (the official extras/ldmi_plot code logs 4/D times this value). At the end the sorted eigenvalues of
 R1 (largest first) go into results.json as `eigenvalues_R1` (Figure 5.3).
 
-Run:        python corinfomax.py                       (shapes, the CPU recipe: about half a minute on 2 cores)
+Run:        python corinfomax.py                       (shapes, the CPU recipe: about 30 s on 2 cores)
             python corinfomax.py --dataset cifar100    (thesis B.2.2: ResNet-18, 1000 epochs, GPU)
             python corinfomax.py --dataset cifar10     (thesis B.2.1)
             python corinfomax.py --dataset imagefolder --data-dir tiny-imagenet --arch resnet50 \
                 --image-size 64 --epochs 800 --lr 0.5 --min-lr 1e-6 --la-R 0.1 --la-mu 0.1   (B.2.3)
-            torchrun --standalone --nproc_per_node=4 corinfomax.py --dataset cifar100   (4 GPUs, same global batch)
+            torchrun --standalone --nproc_per_node=4 corinfomax.py --dataset cifar100  (4 GPUs, global batch)
 Expected:   thesis Table 5.1 (offline linear, 1000 epochs): CIFAR-10 93.18%, CIFAR-100 71.61%;
             Tiny-ImageNet 54.86%, ImageNet-100 (ResNet-18) 80.48%. This repository's CPU recipe: see
             README Results.
@@ -117,18 +117,22 @@ def get_args(argv=None):
     flags.add_argument("--alpha", type=common.positive(float), help="attraction coefficient (thesis 5.2.5)")
     flags.add_argument("--la-R", type=forgetting, help="forgetting factor of the covariances (eq. 4.3)")
     flags.add_argument("--la-mu", type=forgetting, help="forgetting factor of the means (eq. 4.5)")
-    flags.add_argument("--eps", type=common.nonnegative(float), help="diagonal perturbation inside the log-dets")
+    flags.add_argument("--eps", type=common.nonnegative(float), help="diagonal perturbation in the log-dets")
     flags.add_argument("--proj-layers", type=common.positive(int), help="projector Linear layers")
     flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
     flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     flags.add_argument("--projector", type=projector_dims, metavar="SIZES",
-                       help="the old spelling of the three above: 4096-4096-128 = --proj-layers 3 --proj-hidden "
-                            "4096 --proj-dim 128")
-    args = common.parse_args(parser, argv)
-    if args.projector:  # a script (or the args.json of a run) written for the old flag keeps working
+                       help="the old spelling of the three above: 4096-4096-128 = --proj-layers 3 "
+                            "--proj-hidden 4096 --proj-dim 128")
+    return old_spellings(common.parse_args(parser, argv))
+
+
+def old_spellings(args):
+    """The old --projector A-A-B as the three --proj-* flags, for old scripts and saved runs (metrics.py)."""
+    if getattr(args, "projector", None):
         dims = [int(d) for d in args.projector.split("-")]
         args.proj_layers, args.proj_hidden, args.proj_dim = len(dims), dims[0], dims[-1]
-    del args.projector
+    vars(args).pop("projector", None)
     return args
 
 
@@ -138,7 +142,7 @@ def ldmi(R1, R2, R12, eps=1e-8):
     and the cross-covariance R12 = E[(z1 - mu1)(z2 - mu2)^T] (D, D)."""
     eye = eps * torch.eye(len(R1), dtype=R1.dtype, device=R1.device)
     # solve_ex: no error check, which would wait for the device every training step (a singular system: NaN)
-    error12 = R1 - R12 @ torch.linalg.solve_ex(R2 + eye, R12.T)[0]   # error of the linear estimate of z1 from z2 (3.4)
+    error12 = R1 - R12 @ torch.linalg.solve_ex(R2 + eye, R12.T)[0]   # error of z1 estimated from z2 (3.4)
     error21 = R2 - R12.T @ torch.linalg.solve_ex(R1 + eye, R12)[0]   # and of z2 from z1
     return 0.25 * (torch.logdet(R1 + eye) + torch.logdet(R2 + eye)
                    - torch.logdet(error12 + eye) - torch.logdet(error21 + eye))
@@ -225,7 +229,8 @@ def main(argv=None):
         bar = run.progress(loader, epoch)
         for i, (images, labels) in enumerate(bar):
             step = epoch * len(loader) + i
-            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr,
+                                                       args.warmup_lr, args.min_lr))
             x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
             with common.autocast(device):
                 h1, z1 = net(x1)
@@ -249,7 +254,8 @@ def main(argv=None):
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device,
+                                     args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

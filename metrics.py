@@ -3,7 +3,8 @@
 Pure tensor functions. Features are (n, d) matrices (n samples, d features) unless a docstring says
 otherwise; each docstring gives the formula and where it comes from, citing the papers by these names:
     SSLPM paper       "Beyond Pairwise Correlations: Higher-Order Redundancies in SSL Representation Learning"
-    Collapses paper   "Preventing Collapses in Non-Contrastive Self-Supervised Learning" (Echchahed & El Massaudi)
+    Collapses paper   "Preventing Collapses in Non-Contrastive Self-Supervised Learning" (Echchahed &
+                      El Massaudi)
     CorInfoMax thesis "Self-Supervised Learning with an Information Maximization Criterion" (Ozsoy 2022;
                       paper: arXiv 2209.07999)
     AdaDim paper      "AdaDim: Dimensionality Adaptation for SSL Representational Dynamics"
@@ -17,7 +18,7 @@ features to the CPU there, so their values are those of a CPU.
 
 Also here: report() (every scalar measure in one dict), track() (the few measures each method logs
 every --track-every epochs) and a command line:
-    python metrics.py runs/<run>/last.pt                   one table, also written to runs/<run>/metrics-last.json
+    python metrics.py runs/<run>/last.pt            one table, also written to runs/<run>/metrics-last.json
     python metrics.py --compare runs/a/last.pt runs/b/last.pt
 """
 import argparse
@@ -58,8 +59,10 @@ def varying_features(x):
     """(d,) bool: the features (columns) that vary over the samples, by more than float rounding: a
     spread of at most 1e-6 of the column's largest magnitude counts as constant (float32 keeps 7 digits)."""
     x = _precise(x)
+    if len(x) == 0:
+        return x.new_zeros(x.shape[1], dtype=torch.bool)
     spread = (x - x.mean(0)).pow(2).mean(0).sqrt()
-    return spread > 1e-6 * x.abs().amax(0).clamp_min(_tiny(x)) if len(x) else x.new_zeros(x.shape[1], dtype=torch.bool)
+    return spread > 1e-6 * x.abs().amax(0).clamp_min(_tiny(x))
 
 
 def gram(x):
@@ -67,7 +70,7 @@ def gram(x):
 
 
 def correlation_matrix(x):
-    return gram(zscore(x))                               # (d, d), ones on the diagonal (0 for a constant feature)
+    return gram(zscore(x))                   # (d, d), ones on the diagonal (0 for a constant feature)
 
 
 def _varying_correlations(x):
@@ -115,7 +118,8 @@ def _split(x, fraction, test_fraction, val_fraction, seed):
     test, train = perm[:n_test], perm[n_test:]
     n_val = max(1, round(val_fraction * len(train)))
     val, fit = train[:n_val], train[n_val:]
-    targets = varying[torch.randperm(len(varying), generator=g)[:max(1, round(fraction * len(varying)))]].sort().values
+    k = max(1, round(fraction * len(varying)))
+    targets = varying[torch.randperm(len(varying), generator=g)[:k]].sort().values
     return train, test, fit, val, targets
 
 
@@ -147,7 +151,7 @@ def ridge_heldout_mse(gram_fit, gram_eval, ridges):
     out = []
     for lam in ridges:
         p = torch.cholesky_inverse(torch.linalg.cholesky(gram_fit + lam * eye))  # (d, d) = G^-1
-        out.append((p * (gram_eval @ p)).sum(0) / p.diagonal() ** 2)             # (d,) p_j^T G_eval p_j / P_jj^2
+        out.append((p * (gram_eval @ p)).sum(0) / p.diagonal() ** 2)             # (d,) p_j^T G p_j / P_jj^2
     return torch.stack(out)                                                       # (len(ridges), d)
 
 
@@ -267,7 +271,7 @@ def effective_rank(x):
     return _spectral_rank(x)
 
 
-def _spectral_rank(x, center=False, eps=0.0):  # exp(entropy of s / |s|_1 + eps), s the singular values; 0 if s = 0
+def _spectral_rank(x, center=False, eps=0.0):  # exp(entropy of s / |s|_1 + eps), s: singular values; 0: s = 0
     s = singular_values(x, center)
     return 0.0 if s.sum() == 0 else math.exp(_entropy(s / s.sum() + eps))
 
@@ -394,7 +398,8 @@ def renyi_mutual_information(r, z, alpha=2, chunk=1024):
     if no sample has both a non-zero R and a non-zero Z row."""
     r, z = F.normalize(_precise(r), dim=1), F.normalize(_precise(z), dim=1)
     if not (r.any() and z.any() and (r.pow(2).sum(1) * z.pow(2).sum(1)).sum() > 0):
-        raise ValueError("every row of R or of Z (or of their product) is zero: no mutual information to measure")
+        raise ValueError("every row of R or of Z (or of their product) is zero: "
+                         "no mutual information to measure")
     if alpha != 2:
         a, b = r @ r.T, z @ z.T
         return renyi_entropy(a, alpha) + renyi_entropy(b, alpha) - renyi_entropy(a * b, alpha)
@@ -410,7 +415,8 @@ def _logdet(m, what):
     not positive definite, where slogdet's log |det| would silently drop the sign."""
     sign, value = torch.linalg.slogdet(m)
     if sign <= 0 or not math.isfinite(value.item()):
-        raise ValueError(f"{what} is singular (not positive definite): its log-determinant is -inf; use eps > 0")
+        raise ValueError(f"{what} is singular (not positive definite): its log-determinant is -inf; "
+                         "use eps > 0")
     return value.item()
 
 
@@ -421,11 +427,12 @@ def _covariance(x):
 
 
 def logdet_entropy(x, eps=1e-4):
-    """Log-determinant (LD) entropy, CorInfoMax thesis eq. 3.3: H = 1/2 log det(R_x + eps I) + d/2 log(2 pi e),
-    R_x the sample covariance (unbiased, divide by n - 1), natural log (nats). With eps = 0 it is the
-    differential entropy of a Gaussian with covariance R_x. The Collapses paper compares it with the
-    pairwise-distance estimator as a collapse indicator: a total collapse reads d/2 log(2 pi e eps), very
-    negative, not 0. Raises ValueError for fewer than 2 samples, or a singular R_x with eps = 0."""
+    """Log-determinant (LD) entropy, CorInfoMax thesis eq. 3.3, in nats:
+    H = 1/2 log det(R_x + eps I) + d/2 log(2 pi e), R_x the sample covariance (unbiased, divide by n - 1).
+    With eps = 0 it is the differential entropy of a Gaussian with covariance R_x. The Collapses paper
+    compares it with the pairwise-distance estimator as a collapse indicator: a total collapse reads
+    d/2 log(2 pi e eps), very negative, not 0. Raises ValueError for fewer than 2 samples, or a singular
+    R_x with eps = 0."""
     d = x.shape[1]
     cov = _covariance(x)
     cov = cov + eps * torch.eye(d, dtype=cov.dtype, device=cov.device)
@@ -464,8 +471,8 @@ def gaussian_mutual_information(r, z, eps=0.0, both=False):
     the estimate meaningless): raises ValueError then, and whenever a determinant is not positive."""
     dz = z.shape[1]
     if eps == 0 and len(r) <= r.shape[1] + dz:
-        raise ValueError(f"{len(r)} samples for {r.shape[1] + dz} dimensions: the joint covariance is singular; "
-                         "use eps > 0 or more samples")
+        raise ValueError(f"{len(r)} samples for {r.shape[1] + dz} dimensions: the joint covariance is "
+                         "singular; use eps > 0 or more samples")
     c = _covariance(torch.cat([z, r], 1))
     c = c + eps * torch.eye(len(c), dtype=c.dtype, device=c.device)
     sz, sr, szr = c[:dz, :dz], c[dz:, dz:], c[:dz, dz:]
@@ -496,7 +503,8 @@ def pairwise_distance_entropy(x, sigma=0.5, bound="kl", chunk=1024):
 # ------------------------------------------------------------------------- geometry (AdaDim, Geometry papers)
 def alignment(x, y, alpha=2):
     """Alignment (Wang & Isola 2020): mean_i |x_i - y_i|^alpha of L2-normalised positive pairs (rows)."""
-    return (F.normalize(_precise(x), dim=1) - F.normalize(_precise(y), dim=1)).norm(dim=1).pow(alpha).mean().item()
+    distance = (F.normalize(_precise(x), dim=1) - F.normalize(_precise(y), dim=1)).norm(dim=1)  # (n,)
+    return distance.pow(alpha).mean().item()
 
 
 def uniformity(x, t=2, chunk=1024):
@@ -514,7 +522,7 @@ def uniformity(x, t=2, chunk=1024):
     for i in range(0, n, chunk):
         sq = (norms[i:i + chunk, None] + norms[None] - 2 * x[i:i + chunk] @ x.T).clamp_min(0)  # (c, n)
         rows = torch.arange(i, min(i + chunk, n), device=x.device)
-        sq[rows - i, rows] = float("inf")                         # drop i = j; mean over i != j = mean over i < j
+        sq[rows - i, rows] = float("inf")                         # drop i = j (mean over i != j = over i < j)
         blocks.append(_precise(torch.logsumexp(-t * sq.flatten(), 0)))
     return (torch.logsumexp(torch.stack(blocks), 0) - math.log(n * (n - 1))).item()
 
@@ -570,7 +578,8 @@ def nearest_negatives(h1, h2, f1=None, f2=None, chunk=1024):
     if len(h1) < 2:
         raise ValueError(f"{len(h1)} image: there is no negative")
     f1, f2 = h1 if f1 is None else f1, h2 if f2 is None else f2
-    nearest = torch.cat([_negative_similarities(f1, f2, i, i + chunk)[0].argmax(1) for i in range(0, len(h1), chunk)])
+    nearest = torch.cat([_negative_similarities(f1, f2, i, i + chunk)[0].argmax(1)
+                         for i in range(0, len(h1), chunk)])
     h_star = torch.cat([h1, h2])[nearest]
     return nearest, (F.normalize(_precise(h1), dim=1) - F.normalize(_precise(h_star), dim=1)).norm(dim=1)
 
@@ -597,9 +606,9 @@ def unexplained_variance(w, delta_h):
 
 # ---------------------------------------------------------------------------------- report, tracking
 class Measures(dict):
-    """A dict of measures that never crashes: put(key, fn, ...) stores fn's value, or None when fn raises, with
-    the reason kept under "undefined" so that every JSON file says why a value is null: a ValueError is an
-    undefined value (constant features, a single sample, ...); any other error is recorded in one line
+    """A dict of measures that never crashes: put(key, fn, ...) stores fn's value, or None when fn raises,
+    with the reason kept under "undefined" so that every JSON file says why a value is null: a ValueError is
+    an undefined value (constant features, a single sample, ...); any other error is recorded in one line
     (its kind and message) and the other measures go on. attempt() is put without storing a value."""
     def put(self, key, fn, *args, **kwargs):
         self[key] = self.attempt(key, fn, *args, **kwargs)
@@ -638,7 +647,7 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
         out.put(f"rankme_{name}", rankme, x)
         out.put(f"eigenvalue_count_{name}", eigenvalue_count, x)
         out.put(f"explained_variance_top30_{name}", explained_variance_ratio, x)
-        out.put(f"von_neumann_entropy_{name}", von_neumann_entropy, u.T @ u)  # spectrum of the unit rows' Gram
+        out.put(f"von_neumann_entropy_{name}", von_neumann_entropy, u.T @ u)  # the unit rows' Gram spectrum
         out.put(f"matrix_entropy_{name}", lambda u: matrix_entropy(_covariance(u)), u)
         out.put(f"renyi_entropy_{name}", renyi2_entropy, u)
         out.put(f"logdet_entropy_{name}", logdet_entropy, u)
@@ -656,8 +665,9 @@ def report(backbone_features, projector_features, labels=None, views=None, proje
     out.put("renyi_mi_RZ", renyi_mutual_information, feats["R"], feats["Z"])
     out.put("gaussian_mi_RZ", gaussian_mutual_information, r, z, eps=1e-3)
     out.put("ldmi_RZ", ld_mutual_information, r, z, eps=1e-3)
-    # one view: the nearest OTHER image in projector space (the single-view case of the Geometry paper Fig. 5-6)
-    nearest = out.attempt("nearest_distance", nearest_negatives, feats["R"], feats["R"], feats["Z"], feats["Z"])
+    # one view: the nearest OTHER image in projector space (the Geometry paper's Fig. 5-6, single-view case)
+    r, z = feats["R"], feats["Z"]
+    nearest = out.attempt("nearest_distance", nearest_negatives, r, r, z, z)
     if nearest is not None:
         nearest, distance = nearest
         out["nearest_distance"] = distance.mean().item()
@@ -748,7 +758,8 @@ def track(backbone, projector, images, data, device, policy=None, tau=1e-2):
         out.put("projector_effective_rank", effective_rank, w)
     if policy is not None:
         augment = common.Augment(policy, data, images.shape[-1], shard=False)
-        h1, h2, f1, f2 = (measurable(f) for f in extract(backbone, projector, images, data, device, augment=augment))
+        views = extract(backbone, projector, images, data, device, augment=augment)
+        h1, h2, f1, f2 = (measurable(f) for f in views)
         terms = out.attempt("infonce", infonce_terms, f1, f2)
         if terms is not None:
             out["infonce"], out["infonce_upper"] = terms["infonce"], terms["upper"]
@@ -807,26 +818,32 @@ def load_run(path, device, data_dir=None):
         common.fail(f"checkpoint {path} is corrupt or not a torch checkpoint ({e.__class__.__name__})")
     ok = isinstance(ckpt, dict) and {"epoch", "args", "state"} <= set(ckpt) and isinstance(ckpt["args"], dict)
     method = ckpt["args"].get("method") if ok else None
-    if not (isinstance(method, str) and method.isidentifier() and os.path.isfile(os.path.join(ROOT, f"{method}.py"))
-            and isinstance(ckpt["state"], dict) and "model" in ckpt["state"]):
-        common.fail(f"checkpoint {path} is not a checkpoint of this repository's method scripts "
-                    "(expected epoch, args with a method, and state['model'], as written to runs/<run>/last.pt)")
+    script = isinstance(method, str) and method.isidentifier() and os.path.isfile(f"{ROOT}/{method}.py")
+    if not (script and isinstance(ckpt["state"], dict) and "model" in ckpt["state"]):
+        common.fail(f"checkpoint {path} is not a checkpoint of this repository's method scripts (expected "
+                    "epoch, args with a method, and state['model'], as written to runs/<run>/last.pt)")
     broken = [k for k, v in common.flat_values(ckpt["state"]["model"]) if not common.is_finite(v)]
     if broken:
         common.fail(f"checkpoint {path} has non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): "
                     "its run diverged, there is nothing to measure")
-    args = argparse.Namespace(**{**ckpt["args"], **({"data_dir": os.path.abspath(data_dir)} if data_dir else {})})
+    args = argparse.Namespace(**ckpt["args"])
+    if data_dir:
+        args.data_dir = os.path.abspath(data_dir)
     if ROOT not in sys.path:                                      # the method files live next to this one
         sys.path.insert(0, ROOT)
-    model_class = getattr(importlib.import_module(method), "Model", None)
+    module = importlib.import_module(method)
+    if hasattr(module, "old_spellings"):  # arguments saved under a flag's old spelling (--projector)
+        args = module.old_spellings(args)
+    model_class = getattr(module, "Model", None)
     if model_class is None:
         common.fail(f"checkpoint {path}: {method}.py defines no class Model to rebuild the network with")
     try:
         model = model_class(args)
         model.load_state_dict(ckpt["state"]["model"])
     except Exception as e:  # arguments or weights from another version of the method file
-        common.fail(f"checkpoint {path}: {method}.Model cannot be rebuilt from its saved arguments and weights "
-                    f"({e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        common.fail(f"checkpoint {path}: {method}.Model cannot be rebuilt from its saved arguments and "
+                    f"weights ({e.__class__.__name__}: {first})")
     return ckpt, args, model.to(device), common.load_data(args)
 
 
@@ -839,7 +856,7 @@ def measure_run(path, device, max_samples, nlr_steps=500, seed=0, data_dir=None)
     augment = common.Augment(args.policy, data, args.image_size, shard=False)  # the run's own augmentation
     views = extract(model.backbone, model.projector, images[:2048], data, device, augment=augment)
     w = linear_weight(model.projector)
-    beta = 1 / args.temperature if getattr(args, "temperature", None) else 2.0  # the Geometry paper uses beta = 2
+    beta = 1 / args.temperature if getattr(args, "temperature", None) else 2.0  # the Geometry paper's: 2
     results = {"method": args.method, "dataset": args.dataset, "epoch": ckpt["epoch"], "beta": beta}
     results.update(report(r, z, labels, views=views, projector_weight=w, beta=beta,
                           nlr_steps=nlr_steps, progress=True))
@@ -855,21 +872,26 @@ def print_table(columns, names):
     why a value is undefined ("-"), where one is."""
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
     keys = list(dict.fromkeys(k for c in columns for k in c if k != "undefined"))
-    rows = [["measure", *names, "what (paper)"]] + [[k, *(fmt(c.get(k)) for c in columns), source(k)] for k in keys]
+    rows = [["measure", *names, "what (paper)"]]
+    rows += [[k, *(fmt(c.get(k)) for c in columns), source(k)] for k in keys]
     widths = [max(len(row[i]) for row in rows) for i in range(len(names) + 1)]
     for row in rows:
-        print("  ".join([row[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(row[1:-1], widths[1:])] + [row[-1]]))
+        cells = [row[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(row[1:-1], widths[1:])] + [row[-1]]
+        print("  ".join(cells))
     for name, column in zip(names, columns):
         for key, why in column.get("undefined", {}).items():
             print(f"{name}: {key} is undefined: {why}")
 
 
 def main(argv=None):
-    p = common.ArgumentParser(prog="metrics.py", description="Every analysis measure of a run's representation.")
+    p = common.ArgumentParser(prog="metrics.py",
+                              description="Every analysis measure of a run's representation.")
     p.add_argument("checkpoint", nargs="?", help="a run's checkpoint, runs/<run>/last.pt")
     p.add_argument("--compare", nargs="+", metavar="CKPT", help="several checkpoints, side by side")
-    p.add_argument("--max-samples", type=common.positive(int), default=5000, help="test images used (default 5000)")
-    p.add_argument("--nlr-steps", type=int, default=500, help="training steps of the NLR networks (0: skip NLR)")
+    p.add_argument("--max-samples", type=common.positive(int), default=5000,
+                   help="test images used (default 5000)")
+    p.add_argument("--nlr-steps", type=int, default=500,
+                   help="training steps of the NLR networks (0: skip NLR)")
     p.add_argument("--json", metavar="PATH", help="write the results here (default: next to each checkpoint, "
                    "named after it: metrics-last.json for last.pt)")
     p.add_argument("--data-dir", help="where the runs' data is now, if it moved (default: where each run "
@@ -888,18 +910,21 @@ def main(argv=None):
         if not os.path.isfile(path):
             common.fail(f"checkpoint {path}: no such file (give a run's last.pt, e.g. runs/<run>/last.pt)")
     device = common.get_device(args.device)
-    results = [measure_run(p, device, args.max_samples, args.nlr_steps, args.seed, args.data_dir) for p in paths]
+    results = [measure_run(p, device, args.max_samples, args.nlr_steps, args.seed, args.data_dir)
+               for p in paths]
     print_table(results, column_names(paths))
     if args.json:
         outputs = {args.json: results[0] if len(paths) == 1 else dict(zip(paths, results))}
     else:  # named after the checkpoint: epoch1.pt and last.pt of one run each keep their own
         name = lambda p: f"metrics-{os.path.splitext(os.path.basename(p))[0]}.json"
-        outputs = {os.path.join(os.path.dirname(os.path.abspath(p)), name(p)): r for p, r in zip(paths, results)}
+        outputs = {os.path.join(os.path.dirname(os.path.abspath(p)), name(p)): r
+                   for p, r in zip(paths, results)}
     for path, result in outputs.items():
         try:
             common.atomic_write(path, common.to_json(result, indent=1))
         except OSError as e:
-            common.fail(f"{'--json ' if args.json else ''}{path}: cannot write it ({e.strerror}); the table above is all there is")
+            common.fail(f"{'--json ' if args.json else ''}{path}: cannot write it ({e.strerror}); "
+                        "the table above is all there is")
         common.print0(f"wrote {path}")
 
 
@@ -910,7 +935,8 @@ def column_names(paths):
     parts = [os.path.abspath(p).split(os.sep) for p in paths]
     if len(parts) == 1:
         return [common.printable(parts[0][-2])]
-    while min(map(len, parts)) > 2 and len({p[-1] for p in parts}) == 1 and len({tuple(p) for p in parts}) > 1:
+    while (min(map(len, parts)) > 2 and len({p[-1] for p in parts}) == 1
+           and len({tuple(p) for p in parts}) > 1):
         parts = [p[:-1] for p in parts]  # the same name at the end of every path tells nothing apart
     distinct = len({tuple(p) for p in parts})
     k = next(k for k in range(1, max(map(len, parts)) + 1) if len({tuple(p[-k:]) for p in parts}) == distinct)

@@ -11,7 +11,7 @@ Run:        python simclr.py                                    (shapes, the CPU
             python simclr.py --dataset cifar100 --proj-layers 1 --proj-dim 128 --policy large \
                 --temperature 0.5 --lr 4.0 --weight-decay 1e-6 --epochs 500
                                   (the linear projector of the Geometry paper, arXiv 2205.06926, section 2)
-            torchrun --standalone --nproc_per_node=4 simclr.py --dataset cifar100   (4 GPUs, same global batch)
+            torchrun --standalone --nproc_per_node=4 simclr.py --dataset cifar100  (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 65.8% (CIFAR-100) / 90.7% (CIFAR-10) linear accuracy for this
             recipe at 1000 epochs (its table does not say online or offline). This repository's CPU
             recipe: see README Results.
@@ -79,13 +79,17 @@ def get_args(argv=None):
     flags.add_argument("--temperature", type=common.positive(float), help="tau of the softmax")
     flags.add_argument("--proj-layers", type=int, choices=[1, 2],
                        help="2: Linear-ReLU-Linear (solo-learn); 1: one bias-free matrix (arXiv 2205.06926)")
-    flags.add_argument("--projector", choices=["mlp", "linear"], help="the old spelling of --proj-layers 2 | 1")
+    flags.add_argument("--projector", choices=["mlp", "linear"], help="old spelling of --proj-layers 2 | 1")
     flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
     flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
-    args = common.parse_args(parser, argv)
-    if args.projector:  # a script written for the old flag keeps working
+    return old_spellings(common.parse_args(parser, argv))
+
+
+def old_spellings(args):
+    """The old --projector mlp|linear as --proj-layers 2|1, for old scripts and saved runs (metrics.py)."""
+    if getattr(args, "projector", None):
         args.proj_layers = {"mlp": 2, "linear": 1}[args.projector]
-    del args.projector
+    vars(args).pop("projector", None)
     return args
 
 
@@ -98,7 +102,7 @@ def nt_xent_loss(z1, z2, temperature=0.2):
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                         # (2N, D), unit rows
     logits = z @ z.T / temperature                                              # (2N, 2N) cosine / tau
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))                       # an anchor is not its own negative
+    logits = logits.masked_fill(self_mask, float("-inf"))                       # not its own negative
     partner = torch.arange(n, 3 * n, device=z.device) % (2 * n)                 # (2N,) n..2N-1, 0..n-1
     return F.cross_entropy(logits, partner), {}                                 # log-sum-exp, mean over 2N
 
@@ -147,7 +151,8 @@ def main(argv=None):
         bar = run.progress(loader, epoch)
         for i, (images, labels) in enumerate(bar):
             step = epoch * len(loader) + i
-            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr,
+                                                       args.warmup_lr, args.min_lr))
             x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
             with common.autocast(device):
                 h1, z1 = net(x1)
@@ -171,7 +176,8 @@ def main(argv=None):
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device,
+                                     args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

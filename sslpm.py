@@ -10,7 +10,7 @@ entries; the predictor sees X = (1 - M) * e and is scored on the hidden entries 
     L_pred = 1/|M| sum_ij M_ij (R(X)_ij - e_ij)^2                      (eq. 11, second term)
     C = Z_A^T Z_B / N          L_invariance = sum_i (1 - C_ii)^2        (eq. 11, first term)
 SSLPM-RR (--predictor ridge, the paper's best): R(X) = X W with the ridge closed form (eq. 13)
-    W = (X^T X + mu I)^-1 X^T e     (--target full, eq. 15)   or   (...)^-1 X^T (M * e)   (--target masked, eq. 17)
+    W = (X^T X + mu I)^-1 X^T e  (--target full, eq. 15)  or  (...)^-1 X^T (M * e)  (--target masked, eq. 17)
     L = L_invariance - lambda * D * L_pred                   (official code's scaling of eq. 11)
 SSLPM-SGD (--predictor mlp, section 3.4.1, appendix E): an MLP R_theta trained in an inner loop
 (AdamW, a fresh mask per step, early stop on a validation mask M_V), then
@@ -18,50 +18,37 @@ SSLPM-SGD (--predictor mlp, section 3.4.1, appendix E): an MLP R_theta trained i
 The predictor wins by predicting well; the encoder wins by leaving nothing predictable, so its loss
 subtracts L_pred. W is NOT detached: the encoder gets gradient through the closed form, as officially.
 
-Run:        python sslpm.py                              (CPU recipe on shapes: about half a minute on 2 cores)
+Run:        python sslpm.py                              (CPU recipe on shapes: about 30 s on 2 cores)
             python sslpm.py --dataset cifar100           (paper recipe: ResNet-18, 1000 epochs, GPU)
             python sslpm.py --predictor mlp --predictor-layers 1     (SSLPM-SGD 1l)
-            python sslpm.py --lambda 0                   (Table 2's ablation: invariance only)
-            torchrun --standalone --nproc_per_node=4 sslpm.py --dataset cifar100   (4 GPUs, same global batch)
+            torchrun --standalone --nproc_per_node=4 sslpm.py --dataset cifar100  (4 GPUs, same global batch)
 Expected:   paper Table 1 (online probe, 1000 epochs): SSLPM-RR 92.70 (CIFAR-10) / 70.46 (CIFAR-100);
-            SSLPM-SGD 1l 90.39 / 67.74, 3l 86.69 / 47.65; lambda = 0: 77.71 / 34.05 (Table 2). This
-            repository's CPU recipe and the lambda = 0 ablation: see README Results.
+            SSLPM-SGD 1l 90.39 / 67.74, 3l 86.69 / 47.65; --lambda 0: 77.71 / 34.05 (Table 2). Ours: README.
 Deviations:
-- Loss scaling as the official code (cl_lin_pred_min.py): C divides by N with unbiased-std
-  standardisation (so C_ii <= (N-1)/N), L_pred is multiplied by D (= --proj-dim) as well as lambda.
-  Equation 11 has neither factor: lambda_paper = lambda * D.
-- Standardisation uses the global batch (common.gather); the official code standardises per GPU and
-  all-reduces C. One process: identical.
+- Loss scaling as the official code (cl_lin_pred_min.py): C divides by N with unbiased-std standardisation
+  (so C_ii <= (N-1)/N), and L_pred is multiplied by D (--proj-dim) as well as lambda: lambda_paper = lambda D.
+- Standardisation over the global batch (common.gather); official: per GPU, C all-reduced (same on 1 GPU).
 - The mask is Bernoulli(--mask-fraction) per entry; official: rand < int(D * f) / D (the same for D = 128).
-- The ridge system is solved by a Cholesky factorisation in float64 (float32 on MPS), never an
-  explicit inverse (official: torch.linalg.solve in float32). With --ridge 0 a system that is singular
-  (more dimensions than the 2N rows, or a dimension hidden in every row) stops with a one-line error
-  naming --ridge; paper appendix C.3: a small batch needs mu > 0. --ridge > 0 is always positive definite.
-- --target full is the default (official HEAD: mask_regression_target False); appendix B's W_0 is
-  --target masked. At --ridge 0 the two give the same loss exactly: X^T e = X^T X + X^T (M * e), so
-  W_full = I + W_0, and X W_full differs from X W_0 only by X, which is 0 on the hidden entries that the
-  loss scores. So Table 3's "no difference" is algebra, not an experiment; they differ only for mu > 0.
-- SSLPM-SGD follows the official cl_non_lin_pred_minv6.py where the paper is silent: the predictor
-  persists across steps (its weights, AdamW state and lr are saved in last.pt, so --resume is exact),
-  its input is [X, M] (the mask as an indicator, 2D inputs), hidden width 128, patience 1 (stop after
-  2 validation steps without improvement), and its lr is adapted after each inner loop: x1.005 if it ran
-  more than 25 steps, /1.005 otherwise, kept in [1e-5, 0.1] (appendix E describes a fixed 25-batch
-  warm-up instead). Differences: no BatchNorm in the predictor (the paper lists only ReLU; official has
-  BN), standardisation by unbiased std (official: BatchNorm1d, biased), and the encoder term uses the
-  validation mask only (paper 3.4.1; official averages 10 masks, the first being M_V).
-- lambda defaults per variant (LAMBDA): the official configs' 0.15 (ridge), 64 (mlp, 1 layer), 0.5 (mlp,
-  3 layers); on shapes the ridge variant uses 1.0: with 0.15 the prediction loss fell towards 0 (redundant
-  embeddings, no learning), with 1.0 it stays near the 0.65 of the paper's Table 3 (benchmarks/recipes.py).
+- The ridge system is solved by Cholesky in float64 (float32 on MPS), not an explicit inverse (official:
+  torch.linalg.solve, float32). At --ridge 0 a singular system (more dimensions than the 2N rows, or one
+  hidden in every row) stops with a one-line error naming --ridge (appendix C.3: a small batch needs mu > 0).
+- --target full is the default (official HEAD: mask_regression_target False); --target masked is appendix
+  B's W_0. At --ridge 0 both give the same loss: X^T e = X^T X + X^T (M * e), so X W_full = X + X W_0, and
+  X is 0 on the hidden entries the loss scores. Table 3's "no difference" is this algebra; mu > 0 differs.
+- SSLPM-SGD follows official cl_non_lin_pred_minv6.py where the paper is silent: a predictor that persists
+  across steps (weights, AdamW state and lr in last.pt: --resume is exact), input [X, M], hidden width 128,
+  patience 1, and an lr adapted after each inner loop (x1.005 after more than 25 steps, else /1.005, within
+  [1e-5, 0.1]; appendix E: a fixed 25-batch warm-up). Unlike official: no BatchNorm in it (the paper lists
+  ReLU only), unbiased std (official: BatchNorm1d, biased), the encoder term on M_V only (paper 3.4.1;
+  official: 10 masks, M_V first). Batch 512 on the paper recipes (appendix E: "to increase numerical
+  stability"; official v6 configs), 256 for ridge; a given --batch-size wins.
+- lambda per variant (LAMBDA): official 0.15 (ridge), 64 (mlp, 1 layer), 0.5 (mlp, 3 layers); on shapes ridge
+  uses 1.0: at 0.15 L_pred fell towards 0 (no learning), at 1.0 it stays near Table 3's 0.65 (measured).
 - CIFAR augmentation: the shared `asymmetric` policy (official cifar/asymmetric.yaml has no blur).
-- SSLPM-SGD (--predictor mlp) trains at batch 512 on the paper recipes (appendix E: "to increase
-  numerical stability"; official v6 configs), the ridge variant at 256; a given --batch-size wins.
-- --proj-layers 0 (official proj_size, varied in Figures 6 and 15) feeds the backbone features to the loss
-  (D = their size).
-- The paper's online numbers (Table 1) come from solo-learn's probe, not this one (OnlineProbe):
-  compare this file's probe accuracy with the paper's only loosely.
-- imagefolder is the official ImageNet-100 config (imagenet-100/cl_lin_pred_min.yaml: 400 epochs,
-  lambda 0.125); the rest as CIFAR.
-- Training runs in bf16 autocast on CUDA (the official CIFAR configs: fp32); losses are float32/float64.
+- --proj-layers 0 (official proj_size, varied in Figures 6 and 15) feeds the backbone features to the loss.
+- The paper's online numbers (Table 1) come from solo-learn's probe, not this one: compare loosely.
+- imagefolder is the official ImageNet-100 config (400 epochs, lambda 0.125); the rest as CIFAR.
+- bf16 autocast on CUDA (official CIFAR configs: fp32); losses in float32/float64.
 - Shared by every method, each written once in common.py where the code is: the stem's padding (ResNet),
   bilinear crops (resized_crop), the 13-tap blur (blur_kernel_size), LARS's trust ratio (LARS) and the
   online probe (OnlineProbe).
@@ -85,8 +72,7 @@ RECIPES = {
         warmup_epochs=10,     # solo-learn warmup_cosine default
         warmup_lr=3e-5,       # solo-learn scheduler.warmup_start_lr default
         policy="asymmetric",  # augmentations: asymmetric.yaml
-        proj_hidden=2048, proj_dim=128,  # proj_size 3: Linear-BN-ReLU-Linear-BN-ReLU-Linear
-        proj_layers=3,        # proj_size (Figures 6 and 15 vary it)
+        proj_layers=3, proj_hidden=2048, proj_dim=128,  # proj_size 3: Linear-BN-ReLU-Linear-BN-ReLU-Linear
         predictor="ridge",    # SSLPM-RR, the paper's best (Table 1)
         ridge=0.0,            # ridge_lambd: 0 (2N = 512 rows >= D = 128)
         target="full",        # mask_regression_target: False (official HEAD); appendix B's W_0: masked
@@ -97,8 +83,7 @@ RECIPES = {
     # the CPU recipe, about half a minute on 2 cores: chosen by measurement (benchmarks/recipes.py)
     "shapes": dict(image_size=16, width=8, train_subset=4000, epochs=10, batch_size=64, eval_every=10,
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
-                   proj_hidden=256, proj_dim=32, ridge=8.0,
-                   predictor_steps=50),  # mlp: at most 50 inner steps, for CPU time
+                   proj_hidden=256, proj_dim=32, ridge=8.0, predictor_steps=50),  # mlp: for CPU time
     # real images on a laptop CPU (--dataset fashion-mnist or mnist; your own folder with --recipe laptop):
     # 28 px, about 120,000 images seen whatever the set's size (--images), chosen by measurement on
     # Fashion-MNIST (benchmarks/recipes.py); the method's values as in its shapes recipe
@@ -110,9 +95,8 @@ RECIPES = {
     "stl10": dict(),      # the paper has no STL-10 run; 96 px images get the ImageNet stem
     "imagefolder": dict(epochs=400),  # official imagenet-100/cl_lin_pred_min.yaml (its lambda: LAMBDA below)
 }
-# --lambda when not given, per variant (it multiplies D * L_pred for ridge, log L_pred for mlp):
-# paper recipes: official cl_lin_pred_min.yaml (lamb 0.15), cl_non_lin_pred_minv6_1layer.yaml (pred_lamb 64)
-# and cl_non_lin_pred_minv6.yaml (pred_lamb 0.5); shapes: measured (benchmarks/recipes.py)
+# --lambda when not given, per variant (it weighs D L_pred for ridge, log L_pred for mlp): official lamb 0.15
+# (cl_lin_pred_min.yaml), pred_lamb 64 / 0.5 (cl_non_lin_pred_minv6_1layer / _minv6.yaml); shapes: measured
 LAMBDA = {"paper": {"ridge": 0.15, "mlp1": 64.0, "mlp3": 0.5},
           "imagefolder": {"ridge": 0.125, "mlp1": 64.0, "mlp3": 0.5},   # imagenet-100/cl_lin_pred_min.yaml
           "shapes": {"ridge": 1.0, "mlp1": 64.0, "mlp3": 0.5}}
@@ -121,25 +105,20 @@ LAMBDA = {"paper": {"ridge": 0.15, "mlp1": 64.0, "mlp3": 0.5},
 def get_args(argv=None):
     parser = common.get_parser("sslpm", __doc__, RECIPES)
     flags = parser.add_argument_group("SSLPM (this file's flags)")
-    per_variant = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
-                            for name, values in LAMBDA.items())
     flags.add_argument("--lambd", "--lambda", dest="lambd", metavar="LAMBDA", type=common.nonnegative(float),
                        help="weight of the prediction term; 0 = Table 2 ablation (default: per recipe and "
-                            f"variant, LAMBDA: {per_variant})")
+                            f"variant, LAMBDA: {LAMBDA})")
     flags.add_argument("--predictor", choices=["ridge", "mlp"],
                        help="ridge: SSLPM-RR closed form (section 3.4.2); mlp: SSLPM-SGD (section 3.4.1)")
     flags.add_argument("--ridge", type=common.nonnegative(float), help="ridge penalty mu (eq. 12)")
-    flags.add_argument("--target", choices=["full", "masked"],
-                       help="ridge target: full e (eq. 15) or M * e (appendix B, eq. 17)")
+    flags.add_argument("--target", choices=["full", "masked"], help="ridge target e (eq. 15), M * e (17)")
     flags.add_argument("--mask-fraction", type=common.checked(float, lambda v: 0 < v < 1, "in (0, 1)"),
                        help="probability that an entry is hidden (paper: 1/2)")
     flags.add_argument("--predictor-layers", type=int, choices=[1, 3],
                        help="mlp: 1 = one linear layer (SSLPM-SGD 1l), 3 = two hidden layers of 128 (3l)")
-    flags.add_argument("--predictor-steps", type=common.positive(int),
-                       help="mlp: most inner steps per encoder step (appendix E)")
-    flags.add_argument("--proj-layers", type=int, choices=[0, 1, 2, 3],
-                       help="projector Linear layers: 0 = none (the loss sees the backbone features), "
-                            "1 = one Linear, 2 and 3 = Linear-BN-ReLU blocks + Linear")
+    flags.add_argument("--predictor-steps", type=common.positive(int), help="mlp: most inner steps (app. E)")
+    flags.add_argument("--proj-layers", type=int, choices=[0, 1, 2, 3], help="projector Linear layers: "
+                       "0 = none (the loss sees backbone features), 2-3 = Linear-BN-ReLU blocks + Linear")
     flags.add_argument("--proj-hidden", type=common.positive(int), help="projector hidden width")
     flags.add_argument("--proj-dim", type=common.positive(int), help="projector output size D")
     args = common.parse_args(parser, argv)
@@ -148,8 +127,8 @@ def get_args(argv=None):
         args.lambd = LAMBDA.get(args.recipe, LAMBDA["paper"])[variant]
     if (args.predictor == "mlp" and not args.resume and args.recipe != "shapes"
             and "batch_size" not in parser.given and args.batch_size != 512):
-        args.batch_size = 512  # appendix E and the official SSLPM-SGD configs: 512 "to increase numerical stability"
-        common.print0("sslpm.py: --predictor mlp trains at --batch-size 512 (SSLPM paper appendix E, official configs)")
+        args.batch_size = 512  # appendix E, official v6 configs: "to increase numerical stability"
+        common.print0("sslpm.py: --predictor mlp trains at --batch-size 512 (SSLPM paper appendix E)")
     dim = args.proj_dim if args.proj_layers else 8 * args.width * (4 if args.arch == "resnet50" else 1)
     if args.predictor == "ridge" and args.ridge == 0 and dim > 2 * args.batch_size:
         parser.error(f"argument --ridge: 0 needs at least D = {dim} rows, but the regression has 2 x "
@@ -176,8 +155,7 @@ def random_mask(n, d, fraction, device):
 
 
 def ridge_weights(x, y, ridge):
-    """W = (X^T X + mu I)^-1 X^T Y (eq. 13) by a Cholesky factorisation; x (R, D), y (R, D).
-    Raises ValueError if mu = 0 and X^T X is singular."""
+    """W = (X^T X + mu I)^-1 X^T Y (eq. 13) by Cholesky; x, y (R, D). ValueError if mu = 0, X^T X singular."""
     gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)  # (D, D)
     chol, info = torch.linalg.cholesky_ex(gram)
     if ridge == 0 and info.item() != 0:  # mu > 0 makes gram positive definite: no check (no sync) needed
@@ -187,9 +165,8 @@ def ridge_weights(x, y, ridge):
 
 
 def ridge_predictability_loss(e, mask, ridge, target="full", precise=torch.float64):
-    """L_pred of SSLPM-RR: the mean squared error of the ridge prediction over the hidden entries only.
-    e: (2N, D) standardised embeddings; mask: (2N, D) bool, True = hidden. Gradient flows through W.
-    Solved in `precise` (float64; the caller passes float32 on MPS, which has no float64)."""
+    """L_pred of SSLPM-RR: the ridge prediction's MSE over the hidden entries; gradient flows through W.
+    e: (2N, D) standardised embeddings; mask: (2N, D) bool, True = hidden; solved in `precise`."""
     dtype, e = e.dtype, e.to(precise)
     x = e.masked_fill(mask, 0.0)                                                # (2N, D) X = (1 - M) * e
     y = e if target == "full" else e.masked_fill(~mask, 0.0)                    # eq. 15 or eq. 17 target
@@ -198,9 +175,8 @@ def ridge_predictability_loss(e, mask, ridge, target="full", precise=torch.float
 
 
 def sslpm_loss(z1, z2, mask, lambd=0.15, ridge=0.0, target="full", precise=torch.float64):
-    """SSLPM-RR: (loss, terms) with loss = invariance - lambd * D * prediction and the unweighted terms
-    {"invariance", "prediction"}. z1, z2: (N, D) projections of the two views; mask: (2N, D) bool;
-    precise: the dtype of the ridge solve (float64; the caller passes float32 on MPS)."""
+    """SSLPM-RR: (invariance - lambd * D * prediction, unweighted terms). z1, z2: (N, D) projections of the
+    two views; mask: (2N, D) bool; precise: the dtype of the ridge solve (float64; float32 on MPS)."""
     e = torch.cat([standardize(z1.float()), standardize(z2.float())])            # (2N, D)
     invariance = invariance_loss(z1, z2)
     prediction = ridge_predictability_loss(e, mask, ridge, target, precise)
@@ -208,9 +184,8 @@ def sslpm_loss(z1, z2, mask, lambd=0.15, ridge=0.0, target="full", precise=torch
 
 
 def sslpm_sgd_loss(z1, z2, val_mask, predictor, lambd):
-    """SSLPM-SGD (section 3.4.1, appendix E): fits the predictor (an MLPPredictor) on the detached
-    embeddings, then (loss, terms) with loss = invariance - lambd * log(min(L_pred(M_V), 1)) and the terms
-    {"invariance", "prediction", "predictor_steps"}. z1, z2: (N, D); val_mask: (2N, D) bool, M_V."""
+    """SSLPM-SGD (section 3.4.1, appendix E): fits the MLPPredictor on the detached embeddings, then
+    (invariance - lambd * log(min(L_pred(M_V), 1)), terms). z1, z2: (N, D); val_mask M_V: (2N, D) bool."""
     e = torch.cat([standardize(z1.float()), standardize(z2.float())])            # (2N, D)
     steps = torch.tensor(float(predictor.fit(e, val_mask)))
     invariance, prediction = invariance_loss(z1, z2), predictor.encoder_error(e, val_mask)
@@ -219,9 +194,8 @@ def sslpm_sgd_loss(z1, z2, val_mask, predictor, lambd):
 
 
 class MLPPredictor:
-    """SSLPM-SGD's predictor R_theta (section 3.4.1): an MLP on [X, M] (2D inputs) -> D, trained on
-    detached embeddings with its own AdamW (lr 1e-3, weight decay 1e-6; appendix E). It persists across
-    encoder steps; state_dict() holds what --resume needs."""
+    """SSLPM-SGD's predictor R_theta (section 3.4.1): an MLP on [X, M] (2D inputs) -> D with its own AdamW
+    (lr 1e-3, weight decay 1e-6; appendix E), persisting across encoder steps (in last.pt via state_dict)."""
     PATIENCE, STEPS_TARGET, LR_FACTOR, LR_RANGE = 1, 25, 1.005, (1e-5, 0.1)  # official v6 config
 
     def __init__(self, dim, layers, device, max_steps=500, mask_fraction=0.5, hidden=128):
@@ -273,8 +247,7 @@ class MLPPredictor:
 
 # --------------------------------------------------------------------------------------- model
 class Model(nn.Module):
-    """SSLPM: backbone + projector of --proj-layers layers (official proj_size; 3 by default: two hidden
-    layers with BatchNorm; 0: none, the loss sees the backbone features)."""
+    """SSLPM: backbone + projector of --proj-layers Linear layers (official proj_size; 0: none)."""
     def __init__(self, args):
         super().__init__()
         self.backbone = common.backbone(args.arch, args.width, args.image_size)
@@ -317,7 +290,8 @@ def main(argv=None):
         bar = run.progress(loader, epoch)
         for i, (images, labels) in enumerate(bar):
             step = epoch * len(loader) + i
-            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr,
+                                                       args.warmup_lr, args.min_lr))
             x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
             with common.autocast(device):
                 h1, z1 = net(x1)
@@ -349,7 +323,8 @@ def main(argv=None):
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device,
+                                     args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

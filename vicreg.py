@@ -18,7 +18,7 @@ Run:        python vicreg.py --dataset cifar100                 (ResNet-18, 1000
             python vicreg.py                                    (shapes, CPU recipe, about half a minute)
             python vicreg.py --std-coeff 0                      (ablation: total collapse)
             python vicreg.py --cov-coeff 0                      (ablation: dimensional collapse)
-            torchrun --standalone --nproc_per_node=4 vicreg.py --dataset cifar100   (4 GPUs, same global batch)
+            torchrun --standalone --nproc_per_node=4 vicreg.py --dataset cifar100  (4 GPUs, same global batch)
 Expected:   solo-learn's README reports 68.54% (CIFAR-100) / 92.07% (CIFAR-10) top-1 for its
             cifar/vicreg.yaml at 1000 epochs (one README version labels the column online). This
             repository's CPU recipe and its two ablations: see README Results.
@@ -170,7 +170,8 @@ def main(argv=None):
         bar = run.progress(loader, epoch)
         for i, (images, labels) in enumerate(bar):
             step = epoch * len(loader) + i
-            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr, args.warmup_lr, args.min_lr))
+            lr = common.set_lr(optimizer, common.lr_at(step, steps, warmup, args.lr,
+                                                       args.warmup_lr, args.min_lr))
             x1, x2 = augment(images)                                            # 2 x (N, 3, S, S)
             with common.autocast(device):
                 h1, z1 = net(x1)
@@ -194,7 +195,8 @@ def main(argv=None):
             row.update(common.evaluate(model.backbone, probe, data, device))
         if args.track_every and (epoch + 1) % args.track_every == 0:
             import metrics  # analysis measures, only for --track-every: training never needs metrics.py
-            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device, args.policy))
+            row.update(metrics.track(model.backbone, model.projector, data.track_x, data, device,
+                                     args.policy))
         run.log(row)                 # log.jsonl, and one printed line
         run.save(epoch + 1, state)   # last.pt, atomically
         if args.stop_after and epoch + 1 >= args.stop_after:

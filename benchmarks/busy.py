@@ -23,7 +23,8 @@ def quick_start(threads, epochs, out):
     """Wall seconds of the quick start, and the threads it ran with (from its args.json)."""
     import json
     name = f"t{threads}-{time.time_ns()}"
-    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--epochs", str(epochs), "--out", out, "--name", name]
+    cmd = [sys.executable, os.path.join(ROOT, "simclr.py"), "--epochs", str(epochs), "--out", out,
+           "--name", name]
     cmd += ["--threads", str(threads)] if threads else []
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     start = time.time()
@@ -41,13 +42,16 @@ def main():
     rows = {}
     with tempfile.TemporaryDirectory() as out:
         for busy in (False, True):
-            spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.others if busy else 0)]
+            spin = [sys.executable, "-c", "while True: pass"]
+            spinners = [subprocess.Popen(spin) for _ in range(a.others if busy else 0)]
             time.sleep(1)
             try:
                 for label, threads in settings:
                     rows[label, busy] = quick_start(threads, a.epochs, out)
-                    print(f"{label:10s} {'beside ' + str(a.others) + ' busy processes' if busy else 'alone':28s} "
-                          f"{rows[label, busy][0]:6.1f} s (ran with {rows[label, busy][1]} threads)", flush=True)
+                    where = f"beside {a.others} busy processes" if busy else "alone"
+                    print(f"{label:10s} {where:28s} "
+                          f"{rows[label, busy][0]:6.1f} s (ran with {rows[label, busy][1]} threads)",
+                          flush=True)
             finally:
                 for s in spinners:
                     s.kill()
@@ -56,8 +60,8 @@ def main():
     print(f"{'threads':10s} {'alone':>14s} {'busy':>14s} {'busy / alone':>13s}")
     for label, _ in settings:
         alone, busy = rows[label, False][0], rows[label, True][0]
-        print(f"{label:10s} {alone:7.1f} ({alone / best_alone:3.1f}x) {busy:7.1f} ({busy / best_alone:3.1f}x) "
-              f"{busy / alone:12.1f}x")
+        print(f"{label:10s} {alone:7.1f} ({alone / best_alone:3.1f}x) {busy:7.1f} "
+              f"({busy / best_alone:3.1f}x) {busy / alone:12.1f}x")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 METHODS = {"simclr": ("simclr", []), "vicreg": ("vicreg", []), "barlow": ("barlow", []),
-           "corinfomax": ("corinfomax", []), "sslpm-rr": ("sslpm", []), "sslpm-sgd": ("sslpm", ["--predictor", "mlp"]),
+           "corinfomax": ("corinfomax", []), "sslpm-rr": ("sslpm", []),
+           "sslpm-sgd": ("sslpm", ["--predictor", "mlp"]),
            "adadim": ("adadim", [])}
 
 
@@ -51,7 +52,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--width", type=int, default=64, help="ResNet width (64: the recipe's; less on a CPU)")
     p.add_argument("--images", type=int, default=50_000, help="training images per epoch (CIFAR: 50,000)")
-    p.add_argument("--batch-size", type=int, help="override the recipes' batch sizes (default: each recipe's)")
+    p.add_argument("--batch-size", type=int,
+                   help="override the recipes' batch sizes (default: each recipe's)")
     p.add_argument("--compile", action="store_true", help="pass --compile to the methods")
     p.add_argument("--json", help="also write the table here")
     a = p.parse_args(argv)
@@ -59,14 +61,16 @@ def main(argv=None):
     load = lambda args: (setattr(args, "image_size", 32), data)[1]  # the methods load this instead
     device = common.get_device(a.device)
     rows = []
-    print(f"{a.images:,} images of 32 px, ResNet-18 width {a.width}, {device}{', --compile' if a.compile else ''}; "
+    compiled = ", --compile" if a.compile else ""
+    print(f"{a.images:,} images of 32 px, ResNet-18 width {a.width}, {device}{compiled}; "
           "the second epoch of each method")
     print(f"{'method':12s} {'batch':>6s} {'s/epoch':>8s} {'images/s':>9s} {'peak memory':>12s}")
     with tempfile.TemporaryDirectory() as out, mock.patch.object(common, "load_data", load):
         for name in a.methods:
             file, extra = METHODS[name]
             argv = ["--dataset", "shapes", "--recipe", "cifar10", "--width", str(a.width), "--epochs", "3",
-                    "--stop-after", "2", "--eval-every", "1000", "--device", a.device, "--out", out, "--name", name,
+                    "--stop-after", "2", "--eval-every", "1000", "--device", a.device, "--out", out,
+                    "--name", name,
                     *extra, *(["--batch-size", str(a.batch_size)] if a.batch_size else []),
                     *(["--compile"] if a.compile else [])]
             if device.type == "cuda":
@@ -81,10 +85,11 @@ def main(argv=None):
                    "images_per_sec": log[-1]["images_per_sec"], "peak_memory_gb": peak / 1e9,
                    "total_seconds": time.time() - start}
             rows.append(row)
-            print(f"{name:12s} {row['batch']:6d} {row['seconds_per_epoch']:8.1f} {row['images_per_sec']:9.0f} "
-                  f"{row['peak_memory_gb']:9.2f} GB", flush=True)
+            print(f"{name:12s} {row['batch']:6d} {row['seconds_per_epoch']:8.1f} "
+                  f"{row['images_per_sec']:9.0f} {row['peak_memory_gb']:9.2f} GB", flush=True)
     if a.json:
-        json.dump({"device": str(device), "width": a.width, "images": a.images, "compile": a.compile, "rows": rows},
+        json.dump({"device": str(device), "width": a.width, "images": a.images, "compile": a.compile,
+                   "rows": rows},
                   open(a.json, "w"), indent=1)
     return rows
 

@@ -34,7 +34,8 @@ def make_folder(root, files, classes=10, size=(500, 375)):
         os.makedirs(folder, exist_ok=True)
         low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
         pixels = np.asarray(low).astype(np.int16) + rng.integers(-12, 12, (size[1], size[0], 3))
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i}.jpg"), quality=90)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i}.jpg"),
+                                                                   quality=90)
 
 
 def plain_loop(root, size):
@@ -64,8 +65,10 @@ def main():
     try:
         make_folder(root, a.files)
         megabytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs) / 1e6
-        print(f"{a.files} JPEGs of 500 x 375 ({megabytes:.0f} MB), {os.cpu_count()} cores, {a.threads} decoding threads")
-        print(f"{'size':>5s} {'this repository':>16s} {'plain PIL loop':>15s} {'ratio':>6s} {'ImageNet-100':>13s}")
+        print(f"{a.files} JPEGs of 500 x 375 ({megabytes:.0f} MB), {os.cpu_count()} cores, "
+              f"{a.threads} decoding threads")
+        print(f"{'size':>5s} {'this repository':>16s} {'plain PIL loop':>15s} {'ratio':>6s} "
+              f"{'ImageNet-100':>13s}")
         for size in a.sizes:
             start = time.time()
             common.load_imagefolder(root, size)
@@ -77,7 +80,8 @@ def main():
             print(f"{size:5d} {ours:11.0f} f/s {plain:10.0f} f/s {ours / plain:5.2f}x "
                   f"{IMAGENET100 / ours / 60:8.1f} min", flush=True)
         decoded = 3 * max(a.sizes) ** 2 * a.files / 1e6
-        print(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB "
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+        print(f"peak memory of this process: {peak:.0f} MB "
               f"(the decoded images at {max(a.sizes)} px: {decoded:.0f} MB; ImageNet-100 at 224 px: "
               f"{3 * 224 * 224 * IMAGENET100 / 1e9:.1f} GB)")
     finally:

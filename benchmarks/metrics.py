@@ -26,9 +26,11 @@ CPU_TIME = False
 def features(n, d, seed=0):
     g = torch.Generator().manual_seed(seed)
     factors = torch.randn(n, 64, generator=g)
-    mixing = torch.randn(64, d, generator=g) / torch.arange(1, 65).float().sqrt()[:, None]  # decaying spectrum
+    # decaying spectrum
+    mixing = torch.randn(64, d, generator=g) / torch.arange(1, 65).float().sqrt()[:, None]
     r = F.relu(factors @ mixing + 0.5 * torch.randn(n, d, generator=g))
-    z = r @ torch.randn(d, d, generator=g) / math.sqrt(d) + 0.1 * torch.randn(n, d, generator=g)  # a "projector"
+    # a "projector"
+    z = r @ torch.randn(d, d, generator=g) / math.sqrt(d) + 0.1 * torch.randn(n, d, generator=g)
     return r, z
 
 
@@ -51,10 +53,12 @@ def lr_loop(x, targets, ridges, test_fraction=0.2, val_fraction=0.2, seed=0):
 
         def ridge(rows, lam):
             a, b = x[rows][:, others], x[rows][:, j]
-            return torch.linalg.solve(a.T @ a / len(a) + lam * torch.eye(len(others), dtype=a.dtype), a.T @ b / len(a))
+            return torch.linalg.solve(a.T @ a / len(a) + lam * torch.eye(len(others), dtype=a.dtype),
+                                      a.T @ b / len(a))
         val_mse = [(x[val][:, others] @ ridge(fit, lam) - x[val][:, j]).pow(2).mean() for lam in ridges]
         lam = ridges[int(torch.stack(val_mse).argmin())]
-        out.append(1 - (x[test][:, others] @ ridge(train, lam) - x[test][:, j]).pow(2).mean() / x[test][:, j].pow(2).mean())
+        error = (x[test][:, others] @ ridge(train, lam) - x[test][:, j]).pow(2).mean()
+        out.append(1 - error / x[test][:, j].pow(2).mean())
     return out
 
 
@@ -67,8 +71,10 @@ def nlr_loop(x, targets, steps, batch_size=256, lr=1e-3, seed=0):
     for j in targets:
         others = torch.cat([torch.arange(j), torch.arange(j + 1, x.shape[1])])
         inputs, target = x[train][:, others].contiguous(), x[train][:, j]
-        net = nn.Sequential(nn.Linear(len(others), 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
-        optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)  # as metrics.py: batching is all that differs
+        net = nn.Sequential(nn.Linear(len(others), 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                            nn.Linear(64, 1))
+        # as metrics.py: batching is all that differs
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -78,7 +84,8 @@ def nlr_loop(x, targets, steps, batch_size=256, lr=1e-3, seed=0):
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            out.append(1 - (net(x[test][:, others])[:, 0] - x[test][:, j]).pow(2).mean() / x[test][:, j].pow(2).mean())
+            error = (net(x[test][:, others])[:, 0] - x[test][:, j]).pow(2).mean()
+            out.append(1 - error / x[test][:, j].pow(2).mean())
     return out
 
 
@@ -93,8 +100,8 @@ def main():
     args = p.parse_args()
     global CPU_TIME
     CPU_TIME = args.cpu_time
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
-          f"{'CPU' if CPU_TIME else 'wall-clock'} seconds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f}, {'CPU' if CPU_TIME else 'wall-clock'} seconds")
     r, z = features(args.n, args.d)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # first optimizer imports torch._dynamo: not ours
     print(f"features R, Z: {tuple(r.shape)}, {tuple(z.shape)}")
@@ -110,7 +117,8 @@ def main():
                 ("average_absolute_correlation", lambda: M.average_absolute_correlation(r)),
                 ("average_correlation", lambda: M.average_correlation(r)),
                 ("linear_redundancy (all, 5 ridges)", lambda: M.linear_redundancy(r)),
-                ("nonlinear_redundancy (20%, 128-64)", lambda: M.nonlinear_redundancy(r, steps=args.nlr_steps)),
+                ("nonlinear_redundancy (20%, 128-64)",
+                 lambda: M.nonlinear_redundancy(r, steps=args.nlr_steps)),
                 ("singular_values", lambda: M.singular_values(r)),
                 ("effective_rank", lambda: M.effective_rank(r)), ("rankme", lambda: M.rankme(r)),
                 ("numerical_rank (512 x 128 weight)", lambda: M.numerical_rank(w)),
@@ -128,7 +136,8 @@ def main():
                 ("infonce_terms (N = 2048)", lambda: M.infonce_terms(views[2], views[3])),
                 ("nearest_negatives", lambda: M.nearest_negatives(r, z)),
                 ("unexplained_variance", lambda: M.unexplained_variance(w, r)),
-                ("report (R, Z, 2048 views)", lambda: M.report(r, z, torch.randint(0, 10, (args.n,)), views, w.T))]
+                ("report (R, Z, 2048 views)",
+                 lambda: M.report(r, z, torch.randint(0, 10, (args.n,)), views, w.T))]
         print(f"\n{'measure':40s} {'seconds':>8s}")
         for name, fn in rows:
             seconds[name] = timed(fn)
@@ -137,12 +146,14 @@ def main():
     g = torch.Generator().manual_seed(1)
     sample = torch.randperm(args.d, generator=g)[:args.loop_targets].tolist()
     ridges = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    ours = seconds.get("linear_redundancy (all, 5 ridges)") or timed(lambda: M.linear_redundancy(r, ridges=ridges))
+    ours = (seconds.get("linear_redundancy (all, 5 ridges)")
+            or timed(lambda: M.linear_redundancy(r, ridges=ridges)))
     loop = timed(lambda: lr_loop(r, sample, ridges)) * args.d / len(sample)
     print(f"\nLR, all {args.d} targets, 5 ridges: block inverse {ours:.2f} s; per-target loop {loop:.1f} s "
           f"(timed on {len(sample)} targets, extrapolated to {args.d}): {loop / ours:.0f}x")
     k = round(0.2 * args.d)
-    ours = seconds.get("nonlinear_redundancy (20%, 128-64)") or timed(lambda: M.nonlinear_redundancy(r, steps=args.nlr_steps))
+    ours = (seconds.get("nonlinear_redundancy (20%, 128-64)")
+            or timed(lambda: M.nonlinear_redundancy(r, steps=args.nlr_steps)))
     few = sample[:max(1, args.loop_targets // 4)]
     loop = timed(lambda: nlr_loop(r, few, args.nlr_steps)) * k / len(few)
     print(f"NLR, {k} targets, {args.nlr_steps} steps: batched {ours:.1f} s; per-target loop {loop:.1f} s "

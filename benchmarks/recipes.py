@@ -4,7 +4,7 @@ real images with the recipe a user gets for them (`--recipe laptop`): Fashion-MN
 e.g. Debian's in /usr/share/datasets/fashion-mnist), scikit-learn's 1,797 handwritten digits and crops
 of 10 of scikit-image's photos (class = which photo), each exported once as an image folder.
 
-    pip install scikit-learn scikit-image   # only for the digits and photos; the repository does not need them
+    pip install scikit-learn scikit-image   # only for the digits and photos; the repository needs neither
     python benchmarks/recipes.py simclr --seeds 0 1 2
     python benchmarks/recipes.py simclr --data fashion-mnist digits photos --seeds 0
     python benchmarks/recipes.py vicreg --seeds 0 1 2 -- --lr 0.01    # flags after -- go to the method
@@ -68,8 +68,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The shapes recipe shows the network 10 epochs x 4,000 = 40,000 images; the 1,437 training digits
 # get the same budget in epochs with --recipe shapes (the old advice for small folders).
 DIGITS_EPOCHS = 28
-PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "immunohistochemistry",
-          "rocket")
+PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
+          "immunohistochemistry", "rocket")
 
 
 def export_digits(root):
@@ -106,8 +106,8 @@ def export_photos(root, train=100, val=30, crop=64, size=32):
             os.makedirs(os.path.join(root, split, name), exist_ok=True)
             for i in range(n):
                 top, left = rng.integers(0, photo.shape[0] - crop), rng.integers(0, photo.shape[1] - crop)
-                Image.fromarray(photo[top:top + crop, left:left + crop]).resize((size, size), Image.BILINEAR).save(
-                    os.path.join(root, split, name, f"{i}.png"))
+                patch = Image.fromarray(photo[top:top + crop, left:left + crop])
+                patch.resize((size, size), Image.BILINEAR).save(os.path.join(root, split, name, f"{i}.png"))
     return root
 
 
@@ -136,22 +136,23 @@ def main():
         for seed in args.seeds:
             name = f"{args.method}-{data}-s{seed}-{time.strftime('%H%M%S')}"
             t0, cpu0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run([sys.executable, os.path.join(ROOT, f"{args.method}.py"), *where, *recipe, "--seed",
-                            str(seed), "--out", args.out, "--name", name, *extra], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, os.path.join(ROOT, f"{args.method}.py"), *where, *recipe,
+                            "--seed", str(seed), "--out", args.out, "--name", name, *extra],
+                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
             r = json.load(open(os.path.join(args.out, name, "results.json")))
             rows.append((data, seed, r["init_knn_acc"], r["knn_acc"], r["pixel_knn_acc"]))
             print(f"{data:13s} seed {seed}: kNN {r['init_knn_acc']:.3f} -> {r['knn_acc']:.3f} "
                   f"(margin {r['knn_acc'] - r['init_knn_acc']:+.3f}; raw pixels {r['pixel_knn_acc']:.3f}, "
-                  f"{r['knn_acc'] - r['pixel_knn_acc']:+.3f}), probe {r['probe_acc']:.3f}; {time.time() - t0:.0f} s "
-                  f"({r['seconds']:.0f} s training), {cpu:.0f} s of CPU", flush=True)
+                  f"{r['knn_acc'] - r['pixel_knn_acc']:+.3f}), probe {r['probe_acc']:.3f}; "
+                  f"{time.time() - t0:.0f} s ({r['seconds']:.0f} s training), {cpu:.0f} s of CPU", flush=True)
     for data in args.data:
         m = [(k - i, k - px) for d, _, i, k, px in rows if d == data]
         print(f"{data}: margin over random initialisation {sum(a for a, _ in m) / len(m):+.3f} (min "
               f"{min(a for a, _ in m):+.3f}), over raw pixels {sum(b for _, b in m) / len(m):+.3f} (min "
-              f"{min(b for _, b in m):+.3f}) over {len(m)} seeds; flags: {' '.join(extra) or '(recipe only)'}")
+              f"{min(b for _, b in m):+.3f}) over {len(m)} seeds; flags: "
+              f"{' '.join(extra) or '(recipe only)'}")
 
 
 if __name__ == "__main__":

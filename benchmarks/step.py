@@ -73,7 +73,8 @@ class Timed:
 
             def __call__(self, x):
                 if self.views is None:  # as common.Augment gives them: normalised float, channels_last there
-                    layout = torch.channels_last if common.channels_last(x.device, x.shape[-1]) else torch.contiguous_format
+                    last = common.channels_last(x.device, x.shape[-1])
+                    layout = torch.channels_last if last else torch.contiguous_format
                     self.views = tuple(torch.randn(x.shape, device=x.device).contiguous(memory_format=layout)
                                        for _ in range(2))
                 return self.views
@@ -100,7 +101,7 @@ class Timed:
 
 
 def shapes_data(n, size):
-    """n generated shapes images (10 classes, the first 10,000 repeated) of size px, a 256-image test split."""
+    """n shapes images (10 classes, the first 10,000 repeated) of size px; a 256-image test split."""
     x, y = common.make_shapes(min(n, 10_000), size, seed=0)
     reps = -(-n // len(x))
     train = (x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n])
@@ -114,8 +115,10 @@ def run_method(name, a, data, timed, out):
     """One run of the method's main() over the generated data; returns its step times and log row."""
     file, extra = METHODS[name]
     argv = ["--dataset", "shapes", "--recipe", "cifar10", "--width", str(a.width),
-            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--epochs", "2", "--stop-after", "1", "--eval-every", "1000",
-            "--device", a.device, "--threads", str(a.threads), "--out", out, "--name", f"{name}-{time.time_ns()}",
+            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--epochs", "2",
+            "--stop-after", "1", "--eval-every", "1000",
+            "--device", a.device, "--threads", str(a.threads), "--out", out,
+            "--name", f"{name}-{time.time_ns()}",
             *extra]
     timed.times = []
     with timed.patched(data), contextlib.redirect_stdout(io.StringIO()):  # the method's own lines
@@ -129,7 +132,8 @@ def alpha_seconds(a, device):
     """AdaDim's measure_alpha as its main() calls it (without momentum encoder), on random images."""
     adadim = importlib.import_module("adadim")
     with contextlib.redirect_stdout(io.StringIO()):
-        args = adadim.get_args(["--dataset", "cifar10", "--width", str(a.width), "--image-size", str(a.image_size),
+        args = adadim.get_args(["--dataset", "cifar10", "--width", str(a.width),
+                                "--image-size", str(a.image_size),
                                 "--batch-size", str(a.batch_size)])
     model = common.prepare_model(adadim.Model(args), args, device)
     images = torch.randint(0, 256, (4 * a.batch_size, 3, a.image_size, a.image_size), dtype=torch.uint8,
@@ -162,8 +166,8 @@ def main():
     data = shapes_data(a.batch_size * (a.warmup + a.steps + 1), a.image_size)  # + 1: the last step's end
     timed, times, built, rows = Timed(device), {n: [] for n in names}, {}, {}
     print(f"torch {torch.__version__}, device {device}, {a.threads} threads, ResNet-18 width {a.width}, "
-          f"{a.image_size} px, batch {a.batch_size}, median of {a.steps} steps after {a.warmup} warm-up steps, "
-          f"{a.rounds} round(s), each method through its own main()")
+          f"{a.image_size} px, batch {a.batch_size}, median of {a.steps} steps after {a.warmup} warm-up "
+          f"steps, {a.rounds} round(s), each method through its own main()")
     with tempfile.TemporaryDirectory() as out:
         for _ in range(a.rounds):
             for name in names:
@@ -171,15 +175,16 @@ def main():
                 times[name] += steps
                 built[name] = timed.built
     base = statistics.median(times["vicreg"])
-    print(f"{'method':<12}{'s/step':>9}{'min-max':>13}{'x VICReg':>10}   {'projector':<24}{'optimizer':<10}target")
+    print(f"{'method':<12}{'s/step':>9}{'min-max':>13}{'x VICReg':>10}   {'projector':<24}"
+          f"{'optimizer':<10}target")
     for name in names:
         t = statistics.median(times[name])
         target = TARGET.get(name)
         mark = f"<= {target:.2f}x: {'met' if t / base <= target else 'NOT met'}" if target else ""
         if name == "sslpm-sgd":
-            mark = f"(expected slower; inner predictor steps per step: mean {rows[name]['predictor_steps']:.1f})"
+            mark = f"(expected slower; predictor steps per step: mean {rows[name]['predictor_steps']:.1f})"
         model, optimizer = built[name]
-        dims = [layer.out_features for layer in model.projector.modules() if isinstance(layer, torch.nn.Linear)]
+        dims = [m.out_features for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
         spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}"
         print(f"{name:<12}{t:>9.3f}{spread:>13}{t / base:>9.2f}x   {'-'.join(map(str, dims)):<24}"
               f"{type(optimizer).__name__:<10}{mark}")

@@ -44,8 +44,9 @@ class TwoViewsAndLabel(torch.utils.data.Dataset):
 
 def make(setting, data):
     with contextlib.redirect_stdout(io.StringIO()):  # its "recipe: ..." line
-        args = simclr.get_args(["--width", str(setting["width"]), "--image-size", str(setting["size"]), "--optimizer",
-                                setting["optimizer"], "--lr", str(setting["lr"]), "--policy", setting["policy"]])
+        args = simclr.get_args(["--width", str(setting["width"]), "--image-size", str(setting["size"]),
+                                "--optimizer", setting["optimizer"], "--lr", str(setting["lr"]),
+                                "--policy", setting["policy"]])
     torch.manual_seed(0)
     model = simclr.Model(args)
     return args, model, common.make_optimizer(model, args), common.OnlineProbe(model.backbone.out_dim, 10,
@@ -84,8 +85,9 @@ def peer(setting, data, steps, workers):
     args, model, optimizer, probe = make(setting, data)
     views = [torchvision_view(spec, setting["size"], data.mean.tolist(), data.std.tolist())
              for spec in common.POLICIES[setting["policy"]]]
-    loader = torch.utils.data.DataLoader(TwoViewsAndLabel(data.train_x, data.train_y, views), batch_size=setting["batch"],
-                                         shuffle=True, num_workers=workers, persistent_workers=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(TwoViewsAndLabel(data.train_x, data.train_y, views),
+                                         batch_size=setting["batch"], shuffle=True, num_workers=workers,
+                                         persistent_workers=True, drop_last=True)
     batches = iter(loader)
 
     def run(n):
@@ -105,16 +107,19 @@ def main():
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--steps", type=int, default=30, help="training steps per loop per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the training process")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch threads of the training process")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers of the peer loop")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {a.threads} threads; DataLoader: {a.workers} workers")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {a.threads} threads; "
+          f"DataLoader: {a.workers} workers")
     print(f"{'setting':8s} {'this repository':>16s} {'DataLoader':>11s} {'ratio':>6s}   (training images/s)")
     for name in a.settings:
         setting = SETTINGS[name]
         x, y = common.make_shapes(4000, setting["size"], seed=0)  # the quick start's 4,000 training images
-        data = common.Data((x, y), (x, y), (x[:10], y[:10]), list(common.SHAPE_NAMES), *common.channel_stats(x))
+        data = common.Data((x, y), (x, y), (x[:10], y[:10]), list(common.SHAPE_NAMES),
+                           *common.channel_stats(x))
         runs = {"ours": ours(setting, data, a.steps)}
         runs["peer"], loader = peer(setting, data, a.steps, a.workers)
         for run in runs.values():
@@ -126,7 +131,8 @@ def main():
                 run(a.steps)
                 best[k] = max(best[k], a.steps * setting["batch"] / (time.perf_counter() - start))
         del loader
-        print(f"{name:8s} {best['ours']:16.0f} {best['peer']:11.0f} {best['ours'] / best['peer']:5.2f}x", flush=True)
+        print(f"{name:8s} {best['ours']:16.0f} {best['peer']:11.0f} {best['ours'] / best['peer']:5.2f}x",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ dimensionality H(R) of the representation and the mutual information I(R; Z) wit
 adaptive alpha rises over training; and over a SimCLR run H(R) and I(R; Z) move together, then apart.
 
     python reproduce/adadim_dynamics.py          # 7 runs of the shapes CPU recipe: about 5 minutes on 2 cores
-    python reproduce/adadim_dynamics.py --seeds 0 1 2   # the H(R) trend is small at this scale: about 10 minutes
+    python reproduce/adadim_dynamics.py --seeds 0 1 2   # the H(R) trend is small at this scale: 10 minutes
 
 Runs: adadim.py's CPU recipe with --alpha-mode fixed --alpha A --gamma 0 for A in 0, 0.25, 0.5, 0.75, 1
 (Figure 5a-b: H(R), I(R; Z) of 2,000 test images at the end), the recipe itself (Figure 5c: alpha per
@@ -19,7 +19,8 @@ import harness
 import metrics
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-QUICK = ["--width", "4", "--train-subset", "256", "--epochs", "3", "--eval-every", "3", "--warmup-epochs", "0",
+QUICK = ["--width", "4", "--train-subset", "256", "--epochs", "3", "--eval-every", "3",
+         "--warmup-epochs", "0",
          "--proj-hidden", "64", "--proj-dim", "64"]
 
 
@@ -30,7 +31,8 @@ def main(argv=None):
     for alpha in ALPHAS:
         h, i, knn = [], [], []
         for seed in a.seeds:
-            folder = harness.train("adadim", f"alpha{alpha}-s{seed}", [*quick, "--alpha-mode", "fixed", "--alpha",
+            folder = harness.train("adadim", f"alpha{alpha}-s{seed}",
+                                   [*quick, "--alpha-mode", "fixed", "--alpha",
                                    str(alpha), "--gamma", "0", "--seed", str(seed)], a)
             (r, z), _, _ = harness.features(folder)
             h.append(metrics.effective_rank(r))
@@ -41,12 +43,13 @@ def main(argv=None):
             harness.put_mean_spread(row, key, values)
             row[key + "_per_seed"] = values
         rows.append(row)
-    adaptive = harness.log(harness.train("adadim", f"adaptive-s{a.seeds[0]}", [*quick, "--seed", str(a.seeds[0])], a))
+    adaptive = harness.log(harness.train("adadim", f"adaptive-s{a.seeds[0]}",
+                                         [*quick, "--seed", str(a.seeds[0])], a))
     simclr = harness.log(harness.train("simclr", f"simclr-s{a.seeds[0]}", [*quick, "--seed", str(a.seeds[0]),
                                        "--track-every", "1"], a))
     harness.table(rows, os.path.join(a.out, "adadim_dynamics.json"),
-                  f"fixed alpha, gamma 0, shapes, seeds {a.seeds} (mean; _sd: spread over seeds); adaptive alpha "
-                  f"per epoch: {[round(r['alpha'], 3) for r in adaptive[1:]]}")
+                  f"fixed alpha, gamma 0, shapes, seeds {a.seeds} (mean; _sd: spread over seeds); "
+                  f"adaptive alpha per epoch: {[round(r['alpha'], 3) for r in adaptive[1:]]}")
     plt = harness.pyplot()
     if plt is None:
         return rows
@@ -59,10 +62,13 @@ def main(argv=None):
         drop, spread = rows[0][key] - rows[-1][key], max(r.get(key + "_sd", 0) for r in rows)
         steady = all(x[key] >= y[key] for x, y in zip(rows, rows[1:]))
         ax.set(xlabel="alpha (fixed; 0: VICReg, 1: InfoNCE)", ylabel=f"{key}, {unit}")
-        harness.verdict(ax, title, ("held" if steady and drop > 2 * spread else "held partly" if drop > spread else
-                                    "not at this scale") + f" (drop {drop / spread if spread else 0:.1f} spreads)")
+        held = "not at this scale"
+        if drop > spread:
+            held = "held" if steady and drop > 2 * spread else "held partly"
+        harness.verdict(ax, title, held + f" (drop {drop / spread if spread else 0:.1f} spreads)")
     points = [p for r in rows for p in zip(r["H(R)_per_seed"], r["I(R;Z)_per_seed"], r["knn_acc_per_seed"])]
-    dots = axes[2].scatter([p[1] for p in points], [p[0] for p in points], c=[p[2] for p in points], cmap="viridis",
+    dots = axes[2].scatter([p[1] for p in points], [p[0] for p in points], c=[p[2] for p in points],
+                           cmap="viridis",
                            s=60, edgecolor="0.2", zorder=3)
     fig.colorbar(dots, ax=axes[2], label="kNN accuracy (test)")
     best = max(points, key=lambda p: p[2])
@@ -91,8 +97,9 @@ def main(argv=None):
                     ("rises with H(R): the first phase only" if i[-1] > i[0] else "falls") + " (of three)")
     axes[3].xaxis.get_major_locator().set_params(integer=True)
     harness.save_figure(fig, os.path.join(a.out, "adadim_dynamics.png"),
-                        f"AdaDim paper: dimensionality and information against alpha, and over training (shapes, "
-                        f"seeds {', '.join(map(str, a.seeds))}; adaptive and SimCLR runs seed {a.seeds[0]})")
+                        "AdaDim paper: dimensionality and information against alpha, and over training "
+                        f"(shapes, seeds {', '.join(map(str, a.seeds))}; adaptive and SimCLR runs seed "
+                        f"{a.seeds[0]})")
     return rows
 
 

@@ -21,7 +21,8 @@ import harness
 
 # label -> flags; the run's folder is named by the label's first words (full-loss, no-variance, no-covariance)
 RUNS = {"full loss": [], "no variance term": ["--std-coeff", "0"], "no covariance term": ["--cov-coeff", "0"]}
-QUICK = ["--width", "4", "--train-subset", "256", "--epochs", "3", "--eval-every", "3", "--warmup-epochs", "0"]
+QUICK = ["--width", "4", "--train-subset", "256", "--epochs", "3", "--eval-every", "3",
+         "--warmup-epochs", "0"]
 
 
 def main(argv=None):
@@ -43,7 +44,8 @@ def main(argv=None):
         spectrum = finals[0]["spectrum_Z"]
         row["top_eigenvalue_share"] = spectrum[0] / sum(spectrum)
         rows.append(row)
-    full, flat = logs["full loss", a.seeds[0]][-1]["spectrum_Z"], logs["no variance term", a.seeds[0]][-1]["spectrum_Z"]
+    full = logs["full loss", a.seeds[0]][-1]["spectrum_Z"]
+    flat = logs["no variance term", a.seeds[0]][-1]["spectrum_Z"]
     decades = [math.log10(max(f, 1e-30) / max(v, 1e-30)) for f, v in zip(full, flat)]
     four = next((i for i, d in enumerate(decades) if d < 4), len(decades))  # the top `four` fall >= 4 decades
     rows[1]["eigenvalues_down_4_decades"] = f"top {four} of {len(decades)} (seed {a.seeds[0]})"
@@ -65,10 +67,13 @@ def main(argv=None):
         axes[1].plot(epochs, [r["aac_Z"] for r in tracked], marker=m, color=c, label=label)
         axes[1].plot(epochs, [r["avg_corr_Z"] for r in tracked], ls="--", color=c)
         harness.seed_dots(axes[2], j, [logs[label, s][-1]["knn_acc"] for s in a.seeds], c, m, label=label)
-        scaled = [r for r in log if r.get("embedding_std") is not None]  # the loss's own std term, epochs 1 on
-        axes[3].semilogy([r["epoch"] for r in scaled], [max(r["embedding_std"], 1e-12) for r in scaled], marker=m,
+        # the loss's own std term, epochs 1 on
+        scaled = [r for r in log if r.get("embedding_std") is not None]
+        axes[3].semilogy([r["epoch"] for r in scaled],
+                         [max(r["embedding_std"], 1e-12) for r in scaled], marker=m,
                          color=c, label=label)
-    axes[0].set(xlabel=f"eigenvalue index (sorted, of {len(full)})", ylabel="eigenvalue of the covariance of Z")
+    axes[0].set(xlabel=f"eigenvalue index (sorted, of {len(full)})",
+                ylabel="eigenvalue of the covariance of Z")
     harness.verdict(axes[0], "Figure 8: spectrum of the embeddings at the end",
                     f"no variance: top {four} of {len(full)} fall 4+ decades; no covariance: one dominates")
     axes[0].legend(loc="lower left")
@@ -82,15 +87,16 @@ def main(argv=None):
     axes[2].set_xticks(range(len(RUNS)), [label.replace(" term", "\nterm") for label in RUNS])
     axes[2].set(ylabel="kNN accuracy (test)")
     cost = all(r["knn_acc"] < rows[0]["knn_acc"] for r in rows[1:])
-    harness.verdict(axes[2], "Accuracy: " + ("both collapses cost it" if cost else "the full loss is not the best"),
+    harness.verdict(axes[2],
+                    "Accuracy: " + ("both collapses cost it" if cost else "the full loss is not the best"),
                     "no variance ends below random initialisation" if rows[1]["knn_acc"] < init else
                     "no variance stays above random initialisation")
     axes[2].legend(loc="best")
     axes[3].set(xlabel="epoch", ylabel="std of Z per dimension (log)")
     spread = [logs[label, a.seeds[0]][-1]["embedding_std"] for label in RUNS]
     harness.verdict(axes[3], "Scale of the embeddings", "no variance: " + (
-        f"{spread[0] / spread[1]:.0f}x smaller than the full loss (total collapse)" if spread[1] < spread[0] / 10
-        else "about the full loss's (no total collapse here)"))
+        f"{spread[0] / spread[1]:.0f}x smaller than the full loss (total collapse)"
+        if spread[1] < spread[0] / 10 else "about the full loss's (no total collapse here)"))
     axes[3].legend(loc="lower left")
     for ax in (axes[1], axes[3]):
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -53,7 +53,8 @@ def main(argv=None):
         log = harness.log(folders["corinfomax", seed])[1:]
         curves[seed] = log, [r["ldmi"] for r in log], [r["knn_acc"] for r in log]
     firsts, lasts = [c[1][0] for c in curves.values()], [c[1][-1] for c in curves.values()]
-    rows[0]["ldmi_first_last"] = f"{harness.mean_spread(firsts)[0]:.3g} -> {harness.mean_spread(lasts)[0]:.3g}"
+    first, last = harness.mean_spread(firsts)[0], harness.mean_spread(lasts)[0]
+    rows[0]["ldmi_first_last"] = f"{first:.3g} -> {last:.3g}"
     correlations = [correlation(ldmi, knn) for _, ldmi, knn in curves.values()]
     rows[0]["ldmi_knn_correlation"] = ", ".join("-" if c is None else f"{c:.2f}" for c in correlations)
     log, ldmi, knn = curves[a.seeds[0]]  # the figure: the first seed
@@ -70,13 +71,14 @@ def main(argv=None):
     axes[0].set(xlabel=f"eigenvalue index (sorted, of {len(spectra['corinfomax'])})",
                 ylabel="eigenvalue of the covariance of the projections")
     harness.verdict(axes[0], "Figure 5.3: spectrum of the projections",
-                    f"smallest / mean: {ratio[0]:.2g} vs {ratio[1]:.2g}: " + ("held" if ratio[0] > 10 * ratio[1] else
-                                                                              "not at this scale"))
+                    f"smallest / mean: {ratio[0]:.2g} vs {ratio[1]:.2g}: "
+                    + ("held" if ratio[0] > 10 * ratio[1] else "not at this scale"))
     axes[0].legend()
     epochs = [r["epoch"] for r in log]
     axes[1].plot(epochs, ldmi, color=harness.COLORS[0], marker="o")
     axes[1].set(xlabel="epoch", ylabel="training LDMI (nats, thesis eq. 3.6)")
-    harness.verdict(axes[1], "Figures 5.1-5.2: CorInfoMax's LDMI", "rises over training" if ldmi[-1] > ldmi[0] else
+    harness.verdict(axes[1], "Figures 5.1-5.2: CorInfoMax's LDMI",
+                    "rises over training" if ldmi[-1] > ldmi[0] else
                     "does not rise")
     init = harness.log(folders["corinfomax", a.seeds[0]])[0]["knn_acc"]
     axes[2].plot([0, *epochs], [init, *knn], color=harness.COLORS[1], marker="s", label="kNN accuracy")
@@ -89,7 +91,8 @@ def main(argv=None):
     for ax in axes[1:]:
         ax.xaxis.get_major_locator().set_params(integer=True)
     harness.save_figure(fig, os.path.join(a.out, "corinfomax_spectrum.png"),
-                        f"CorInfoMax thesis: CorInfoMax vs SimCLR, same projector (shapes, seed {a.seeds[0]})")
+                        "CorInfoMax thesis: CorInfoMax vs SimCLR, same projector "
+                        f"(shapes, seed {a.seeds[0]})")
     return rows
 
 

@@ -22,14 +22,18 @@ import metrics  # noqa: E402
 
 
 def parser(doc, name, seeds=(0,)):
-    p = argparse.ArgumentParser(description=doc.split("\n")[0], epilog="Runs are kept under --out; "
-                                "a second call reuses them (finished ones) or resumes them, and only redraws.")
-    p.add_argument("--quick", action="store_true", help="tiny runs of well under a minute (what the tests use); "
+    epilog = ("Runs are kept under --out; a second call reuses them (finished ones) or resumes them, and "
+              "only redraws.")
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=epilog)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny runs of well under a minute (what the tests use); "
                    "they show the machinery, not the claim")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help="seeds of every run (mean and spread)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                   help="seeds of every run (mean and spread)")
     p.add_argument("--out", default=os.path.join(ROOT, "reproduce", "runs", name), help="where the runs, the "
                    "table (JSON) and the figure (PNG) go")
-    p.add_argument("--device", default="cpu", help="device of the runs (cpu: what the figures were made with)")
+    p.add_argument("--device", default="cpu",
+                   help="device of the runs (cpu: what the figures were made with)")
     p.add_argument("--threads", type=int, help="CPU threads of each run (default: the method's choice)")
     return p
 
@@ -74,7 +78,8 @@ def features(folder, images="test", n=2000, views=False):
     x, y = data.test_x[keep], data.test_y[keep]
     augment = common.Augment(args.policy, data, args.image_size, shard=False) if views else None
     common.seed_everything(0)
-    return metrics.extract(model.backbone, model.projector, x, data, torch.device("cpu"), augment=augment), y, model
+    return metrics.extract(model.backbone, model.projector, x, data, torch.device("cpu"),
+                           augment=augment), y, model
 
 
 _PIXELS = {}
@@ -96,7 +101,8 @@ def pixel_knn(folder):
         bank = data.probe_x.flatten(1).float()
         mean, std = bank.mean(0), bank.std(0).clamp_min(1e-6)
         standard = lambda x: (x.flatten(1).float() - mean) / std                # (N, 3 S S)
-        _PIXELS[key] = common.knn_accuracy(standard(data.probe_x), data.probe_y, standard(data.test_x), data.test_y,
+        _PIXELS[key] = common.knn_accuracy(standard(data.probe_x), data.probe_y, standard(data.test_x),
+                                           data.test_y,
                                            data.classes)
     return _PIXELS[key]
 
@@ -141,7 +147,8 @@ def table(rows, path, title):
 # marker per series, so that no series is told apart by colour alone
 COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-STYLE = {"font.size": 12, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 10, "xtick.labelsize": 11,
+STYLE = {"font.size": 12, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 10,
+         "xtick.labelsize": 11,
          "ytick.labelsize": 11, "figure.titlesize": 14, "legend.framealpha": 0.85, "axes.grid": True,
          "grid.alpha": 0.3, "axes.prop_cycle": None, "lines.linewidth": 2, "lines.markersize": 6}
 
@@ -200,5 +207,6 @@ def save_figure(fig, path, title=None, rect=(0, 0, 1, 1)):
     with contextlib.suppress(ImportError):  # 256 colours: a third of the size, the same picture (Pillow,
         # which torchvision brings)
         from PIL import Image
-        Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        image = Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+        image.save(path, optimize=True)
     print(f"figure: {path}")

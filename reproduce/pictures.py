@@ -1,7 +1,7 @@
 """Pictures that teach, each a PNG: what the network is asked to be invariant to, how training goes, what
 the learned features look like, and what "near" means before and after training.
 
-    python reproduce/pictures.py       # reuses the runs of redundancy.py and collapse.py (seed 0), or trains them
+    python reproduce/pictures.py   # reuses the runs of redundancy.py and collapse.py (seed 0), or trains them
 
 - views.png: one image of each of the ten `shapes` classes and two augmented views of it under every
   policy of the papers (`small`, `moderate`, `large`: the Geometry paper's Table 2; `asymmetric`: BYOL's,
@@ -69,7 +69,8 @@ def views(plt, path):
         ax.set_xticks([(i + 0.5) * size for i in range(10)], common.SHAPE_NAMES, rotation=60)
         ax.grid(False)
         ax.set_title(f"{size} x {size} pixels")
-    harness.save_figure(fig, path, "Two augmented views of each class under every policy: the network must map "
+    harness.save_figure(fig, path,
+                        "Two augmented views of each class under every policy: the network must map "
                                    "both to the same point")
 
 
@@ -84,7 +85,8 @@ def curves(plt, runs, path):
         terms = [k for k in log[1] if k not in LOGGED and isinstance(log[1][k], float)]
         for j, term in enumerate(terms):
             first = abs(log[1][term]) or 1.0
-            ax.plot([r["epoch"] for r in log[1:]], [r[term] / first for r in log[1:]], marker=harness.MARKERS[j % 7],
+            ax.plot([r["epoch"] for r in log[1:]], [r[term] / first for r in log[1:]],
+                    marker=harness.MARKERS[j % 7],
                     color=harness.COLORS[j % 7], label=f"{term} ({log[1][term]:.3g} at epoch 1)")
         ax.set(xlabel="epoch", ylabel="loss term / its value at epoch 1")
         ax.set_title(method)
@@ -149,7 +151,8 @@ def neighbours(plt, runs, path, queries=6, k=5):
     q = common.random_indices(len(data.test_x), queries)
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2))
     cpu, unit = torch.device("cpu"), lambda f: torch.nn.functional.normalize(f, dim=1)
-    for ax, title, backbone in zip(axes, ("random initialisation", "after SimCLR"), (fresh.backbone, model.backbone)):
+    for ax, title, backbone in zip(axes, ("random initialisation", "after SimCLR"),
+                                   (fresh.backbone, model.backbone)):
         bank = unit(common.extract_features(backbone, data.probe_x, data, cpu))
         f = unit(common.extract_features(backbone, data.test_x[q], data, cpu))
         nearest = (f @ bank.T).topk(k, dim=1).indices                                   # (queries, k)
@@ -161,11 +164,14 @@ def neighbours(plt, runs, path, queries=6, k=5):
         grid = torch.cat(rows, 1)
         size = data.test_x.shape[-1]
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_xticks([size / 2] + [(j + 2.5) * size for j in range(k)], ["query"] + [f"{j + 1}" for j in range(k)])
-        ax.set_yticks([(i + 0.5) * size for i in range(queries)], [common.SHAPE_NAMES[c] for c in data.test_y[q]])
+        ax.set_xticks([size / 2] + [(j + 2.5) * size for j in range(k)],
+                      ["query"] + [f"{j + 1}" for j in range(k)])
+        ax.set_yticks([(i + 0.5) * size for i in range(queries)],
+                      [common.SHAPE_NAMES[c] for c in data.test_y[q]])
         ax.grid(False)
         ax.set_title(f"{title}: {agree} of {queries * k} neighbours share the query's class")
-    harness.save_figure(fig, path, "Each test image and its 5 nearest training images (cosine of backbone features)")
+    harness.save_figure(fig, path,
+                        "Each test image and its 5 nearest training images (cosine of backbone features)")
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
-"""The projector's rank ("Toward a Geometrical Understanding of Self-supervised Contrastive Learning", Cosentino
-et al. 2022, arXiv 2205.06926, Figures 1, 3, 5 and 7): with stronger augmentation a linear projector
+"""The projector's rank ("Toward a Geometrical Understanding of Self-supervised Contrastive Learning",
+Cosentino et al. 2022, arXiv 2205.06926, Figures 1, 3, 5 and 7): with stronger augmentation a linear projector
 loses rank, the nearest negatives come closer, InfoNCE sits under its upper bound (eq. 3), and part of the
 displacement between an image and its nearest negative falls outside the projector's column space (eq. 10).
 
@@ -26,9 +26,11 @@ import metrics
 
 POLICIES = ("small", "moderate", "large")
 # the paper's optimiser (section 2: LARS lr 4.0, weight decay 1e-6, beta 2 = tau 0.5), the CPU recipe's data
-FLAGS = ["--projector", "linear", "--proj-dim", "32", "--optimizer", "lars", "--lr", "4.0", "--weight-decay", "1e-6",
+FLAGS = ["--projector", "linear", "--proj-dim", "32", "--optimizer", "lars", "--lr", "4.0",
+         "--weight-decay", "1e-6",
          "--temperature", "0.5", "--epochs", "10", "--eval-every", "10", "--track-every", "1"]
-QUICK = ["--projector", "linear", "--proj-dim", "16", "--width", "4", "--train-subset", "256", "--epochs", "3",
+QUICK = ["--projector", "linear", "--proj-dim", "16", "--width", "4", "--train-subset", "256",
+         "--epochs", "3",
          "--eval-every", "3", "--warmup-epochs", "0", "--track-every", "1"]
 
 
@@ -46,7 +48,8 @@ def main(argv=None):
     for policy in POLICIES:
         ranks, eranks, knns, dist, unexplained, tracks = [], [], [], [], [], []
         for seed in a.seeds:
-            folder = harness.train("simclr", f"{policy}-s{seed}", [*(QUICK if a.quick else FLAGS), "--policy", policy,
+            folder = harness.train("simclr", f"{policy}-s{seed}",
+                                   [*(QUICK if a.quick else FLAGS), "--policy", policy,
                                                                    "--seed", str(seed)], a)
             log = harness.log(folder)
             logs.setdefault(policy, log)  # the figure's curves: the first seed
@@ -62,21 +65,24 @@ def main(argv=None):
             unexplained.append(final.get("unexplained_variance"))
         knn_seeds[policy] = knns
         row = {"policy": policy}
-        for key, values in (("projector_rank", ranks), ("effective_rank_W", eranks), ("nearest_negative_distance", dist),
+        for key, values in (("projector_rank", ranks), ("effective_rank_W", eranks),
+                            ("nearest_negative_distance", dist),
                             ("unexplained_variance", unexplained), ("knn_acc", knns)):
             harness.put_mean_spread(row, key, values)
         row["knn_acc_per_seed"] = knns
         init = logs[policy][0]  # epoch 0: the same measures at random initialisation
         row["unexplained_variance_epoch0_last"] = (f"{init.get('unexplained_variance', float('nan')):.3g} -> "
                                                    f"{logs[policy][-1]['unexplained_variance']:.3g}")
-        row["infonce_epoch0_last"] = f"{init.get('infonce', float('nan')):.3g} -> {logs[policy][-1]['infonce']:.3g}"
+        row["infonce_epoch0_last"] = (f"{init.get('infonce', float('nan')):.3g} -> "
+                                      f"{logs[policy][-1]['infonce']:.3g}")
         row["bound_tracks_infonce_r"] = ", ".join("-" if t is None else f"{t:.2f}" for t in tracks)
         rows.append(row)
     first = harness.log(os.path.join(a.out, f"small-s{a.seeds[0]}"))[0]["knn_acc"]
     pixels = harness.pixel_knn(os.path.join(a.out, f"small-s{a.seeds[0]}"))
     harness.table(rows, os.path.join(a.out, "projector_rank.json"),
-                  f"SimCLR with a linear projector, shapes, seeds {a.seeds} (mean; _sd: spread); projector_rank: "
-                  "Rank_0.01 of W (eq. 2); effective_rank_W: its continuous counterpart; bound_tracks_infonce_r: "
+                  f"SimCLR with a linear projector, shapes, seeds {a.seeds} (mean; _sd: spread); "
+                  "projector_rank: Rank_0.01 of W (eq. 2); effective_rank_W: its continuous counterpart; "
+                  "bound_tracks_infonce_r: "
                   "correlation over epochs 0-last of InfoNCE and its upper bound (eq. 3), per seed; "
                   f"kNN at random initialisation (seed {a.seeds[0]}) {first:.3g}, on raw pixels {pixels:.3g}")
     plt = harness.pyplot()
@@ -121,16 +127,19 @@ def main(argv=None):
     tracks = "held" if all(v and v > 0.5 for v in r) else (
         "not at this scale" if all(v is not None and v < 0.5 for v in r) else "held partly")
     ends = [(logs[p][-1]["infonce"], logs[p][-1]["infonce_upper"]) for p in POLICIES]
-    same = sorted(range(len(ends)), key=lambda i: ends[i][0]) == sorted(range(len(ends)), key=lambda i: ends[i][1])
+    order = lambda k: sorted(range(len(ends)), key=lambda i: ends[i][k])
+    same = order(0) == order(1)
     harness.verdict(axes[2], "Figure 3: InfoNCE <= its bound (an identity)",
                     f"bound tracks InfoNCE over epochs: {tracks}\n(r = " + ", ".join(
                         "-" if v is None else f"{v:.2f}" for v in r) + ")" + ("; across strengths: same order"
                                                                                if same else ""))
     axes[2].legend(loc="center right")
-    drops = all(logs[p][-1]["unexplained_variance"] < logs[p][0].get("unexplained_variance", -1) for p in POLICIES)
+    drops = all(logs[p][-1]["unexplained_variance"] < logs[p][0].get("unexplained_variance",
+                                                                     -1) for p in POLICIES)
     axes[3].set(xlabel="epoch (0: random initialisation)", ylabel="unexplained variance (fraction, 0 to 1)")
     harness.verdict(axes[3], "Figure 7: variance outside W's columns (eq. 10)",
-                    "drops after initialisation: held" if drops else "no drop after initialisation: not at this scale")
+                    "drops after initialisation: held" if drops
+                    else "no drop after initialisation: not at this scale")
     axes[3].legend()
     for ax in (axes[0], axes[2], axes[3]):
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -32,7 +32,8 @@ def measure(folder, steps=300):
     if os.path.exists(path) and json.load(open(path)).get("nlr_steps") == steps:
         return json.load(open(path))
     (r, _), _, _ = harness.features(folder)
-    out = {"knn_acc": harness.results(folder)["knn_acc"], "init_knn_acc": harness.results(folder)["init_knn_acc"],
+    out = {"knn_acc": harness.results(folder)["knn_acc"],
+           "init_knn_acc": harness.results(folder)["init_knn_acc"],
            "AAC": metrics.average_absolute_correlation(r), "LR": metrics.linear_redundancy(r)[0],
            "NLR": metrics.nonlinear_redundancy(r, steps=steps)[0], "nlr_steps": steps}
     with open(path, "w") as f:
@@ -45,7 +46,8 @@ def main(argv=None):
     measured, folder = {}, None
     for seed in a.seeds:
         for method in METHODS:
-            folder = harness.train(method, f"{method}-s{seed}", [*(QUICK if a.quick else []), "--seed", str(seed),
+            folder = harness.train(method, f"{method}-s{seed}",
+                                   [*(QUICK if a.quick else []), "--seed", str(seed),
                                                                  "--eval-every", "1"], a)
             measured[method, seed] = measure(folder, 50 if a.quick else 300)
     rows = []
@@ -55,11 +57,12 @@ def main(argv=None):
             harness.put_mean_spread(row, key, [measured[method, s][key] for s in a.seeds])
         rows.append(row)
     points = list(measured.values())
-    summary = ", ".join(f"{key} {harness.spearman([p[key] for p in points], [p['knn_acc'] for p in points]):+.2f}"
+    accuracy = [p["knn_acc"] for p in points]
+    summary = ", ".join(f"{key} {harness.spearman([p[key] for p in points], accuracy):+.2f}"
                         for key in MEASURES)
     harness.table(rows, os.path.join(a.out, "redundancy.json"),
-                  f"six methods, their shapes CPU recipes, seeds {a.seeds} (mean; _sd: spread); AAC, LR, NLR of "
-                  f"the backbone features of 2,000 test images; rank correlation with kNN over the "
+                  f"six methods, their shapes CPU recipes, seeds {a.seeds} (mean; _sd: spread); AAC, LR, NLR "
+                  f"of the backbone features of 2,000 test images; rank correlation with kNN over the "
                   f"{len(points)} runs: {summary}")
     plt = harness.pyplot()
     if plt is None:
@@ -70,7 +73,8 @@ def main(argv=None):
         for k, method in enumerate(METHODS):
             xs = [measured[method, s][key] for s in a.seeds]
             ys = [measured[method, s]["knn_acc"] for s in a.seeds]
-            ax.scatter(xs, ys, s=55, color=harness.COLORS[k], marker=harness.MARKERS[k], label=method, zorder=3)
+            ax.scatter(xs, ys, s=55, color=harness.COLORS[k], marker=harness.MARKERS[k],
+                       label=method, zorder=3)
         ax.set(xlabel=f"{key} of the backbone features (0 to 1)", ylabel="kNN accuracy (test)")
         rho = summary.split(key + " ")[1].split(",")[0]
         ax.set_title(f"{key} against accuracy\nrank correlation {rho} over {len(points)} runs (descriptive)")

@@ -39,7 +39,8 @@ def example_3_1(n, samples, g):
 def blobs(samples, m, spread, g, centres=5):
     """make_blobs: `centres` centres uniform in [-10, 10]^m, isotropic Gaussian clusters of std `spread`."""
     c = torch.rand(centres, m, generator=g, dtype=torch.float64) * 20 - 10
-    return c[torch.randint(0, centres, (samples,), generator=g)] + spread * torch.randn(samples, m, generator=g,
+    return c[torch.randint(0, centres, (samples,),
+                           generator=g)] + spread * torch.randn(samples, m, generator=g,
                                                                                          dtype=torch.float64)
 
 
@@ -84,8 +85,8 @@ def main(argv=None):
         for s in SPREADS:
             sim["spread", k, s] = simulate(25, s, k, draws, g)
     for (kind, k, v), (i, h) in sim.items():
-        rows.append({"data": f"AdaDim Figure 2: {'m' if kind == 'features' else 'cluster std'} = {v}, n = {k}",
-                     "I(R;Z)": i, "H(R)": h})
+        varied = "m" if kind == "features" else "cluster std"
+        rows.append({"data": f"AdaDim Figure 2: {varied} = {v}, n = {k}", "I(R;Z)": i, "H(R)": h})
     harness.table(rows, os.path.join(a.out, "toys.json"), "toy data with known answers (no training)")
     plt = harness.pyplot()
     if plt is None:
@@ -93,7 +94,8 @@ def main(argv=None):
     fig, axes = harness.figure(plt, 2, 2, width=11, height=8.5)
     ns = [3, 5, 10, 20]
     for j, key in enumerate(("AAC", "LR", "NLR")):
-        axes[0].plot(ns, [r[key] for r in rows[:4]], marker=harness.MARKERS[j], color=harness.COLORS[j], label=key)
+        axes[0].plot(ns, [r[key] for r in rows[:4]], marker=harness.MARKERS[j],
+                     color=harness.COLORS[j], label=key)
     axes[0].plot(ns, [r["AAC_eq8"] for r in rows[:4]], ls="--", color="0.4", label="AAC, eq. 8")
     axes[0].set(xlabel="number of variables n", ylabel="redundancy (0 to 1)", ylim=(-0.05, 1.08))
     harness.verdict(axes[0], "Example 3.1: one variable sums the others", "AAC misses it; LR and NLR see it")
@@ -104,12 +106,14 @@ def main(argv=None):
                                     (last["AAC"], last["LR"], last["NLR"])], fontsize=11)
     harness.baseline(axes[1], 1 / 3, "1/3: only Z is predictable")
     axes[1].set(ylabel="redundancy (0 to 1)", ylim=(-0.05, 1.05))
-    harness.verdict(axes[1], "Corollary 3.5: X, Y, Z = (X² - Y²) / 2", "LR = 0, NLR > 0 (1/3, not the proof's 1)")
+    harness.verdict(axes[1], "Corollary 3.5: X, Y, Z = (X² - Y²) / 2",
+                    "LR = 0, NLR > 0 (1/3, not the proof's 1)")
     axes[1].legend(loc="upper left")
     for ax, kind, values, label in ((axes[2], "features", FEATURES, "number of features m (cluster std 1)"),
                                     (axes[3], "spread", SPREADS, "cluster std (m = 25 features)")):
         for j, k in enumerate((10, 2)):
-            ax.plot(values, [sim[kind, k, v][0] for v in values], marker=harness.MARKERS[j], color=harness.COLORS[j],
+            ax.plot(values, [sim[kind, k, v][0] for v in values], marker=harness.MARKERS[j],
+                    color=harness.COLORS[j],
                     label=f"Z: {k} principal components")
         ax.set(xlabel=label, ylabel="I(R; Z), Renyi order 2 (nats)")
         ax.legend()
@@ -126,8 +130,8 @@ def collapse_2d(plt, path, g):
     """Three clouds of the same 300 points: spread, on a line (dimensional collapse), at a point (total)."""
     x = torch.randn(300, 2, generator=g, dtype=torch.float64)
     clouds = {"healthy: spread in both directions": x,
-              "dimensional collapse: one direction": x[:, :1] * torch.tensor([[0.8, 0.6]], dtype=torch.float64)
-              + 0.03 * x[:, 1:],
+              "dimensional collapse: one direction":
+                  x[:, :1] * torch.tensor([[0.8, 0.6]], dtype=torch.float64) + 0.03 * x[:, 1:],
               "total collapse: one point": 0.02 * x + torch.tensor([0.5, -0.3], dtype=torch.float64)}
     fig, axes = harness.figure(plt, 1, 3, width=13, height=5.4)
     for j, (ax, (title, c)) in enumerate(zip(axes, clouds.items())):

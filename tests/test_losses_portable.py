@@ -173,10 +173,6 @@ SHARED_BUT = {"model = common.prepare_model(Model(args), args, device)": "adadim
                   "corinfomax adadim",
               "_, z2 = net(x2)": "adadim", "run.finish(model.backbone, data)": "corinfomax"}
 PROGRESS = ("bar.set_postfix(", "img_s=f")  # what the progress bar shows may differ (AdaDim adds alpha)
-# lines that five of the six share, listed once: the sixth (named) writes its own instead
-SHARED_BUT = {"model = common.prepare_model(Model(args), args, device)": "adadim",
-              "state = dict(model=model, optimizer=optimizer, probe=probe)  # what last.pt holds": "corinfomax adadim",
-              "_, z2 = net(x2)": "adadim", "run.finish(model.backbone, data)": "corinfomax"}
 
 
 def skeleton(name):

@@ -482,6 +482,24 @@ def test_cli_bad_input(tmp_path, capsys, checkpoint, case, needles):
     one_line_error(code if isinstance(code, str) else capsys.readouterr().err, *needles)  # fail() or argparse
 
 
+def test_a_run_saved_under_the_old_projector_flag_is_rebuilt(checkpoint, tmp_path):
+    # runs saved before --proj-layers hold simclr's --projector mlp|linear and corinfomax's sizes A-A-B
+    ckpt = torch.load(checkpoint, weights_only=True)
+    old = {k: v for k, v in ckpt["args"].items() if k != "proj_layers"}
+    torch.save({**ckpt, "args": {**old, "projector": "linear"}}, tmp_path / "simclr.pt")
+    _, args, model, _ = M.load_run(tmp_path / "simclr.pt", torch.device("cpu"))
+    assert args.proj_layers == 1 and "projector" not in vars(args) and isinstance(model.projector, nn.Linear)
+    import corinfomax
+    new = corinfomax.get_args(["--width", "4", "--train-subset", "256", "--image-size", "32", "--proj-layers", "3",
+                               "--proj-hidden", "16", "--proj-dim", "8"])
+    model = corinfomax.Model(new)
+    old = {**{k: v for k, v in vars(new).items() if not k.startswith("proj_")}, "projector": "16-16-8"}
+    torch.save({"epoch": 1, "args": old, "state": {"model": model.state_dict()}}, tmp_path / "corinfomax.pt")
+    _, args, rebuilt, _ = M.load_run(tmp_path / "corinfomax.pt", torch.device("cpu"))
+    assert (args.proj_layers, args.proj_hidden, args.proj_dim) == (3, 16, 8) and "projector" not in vars(args)
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_track_every_logs_the_measures_from_a_method_script(run, tmp_path):
     """--track-every K (each method's epoch-end call of metrics.track) adds the measures to log.jsonl every K epochs,
     computed on the same test images each time; a linear projector adds its numerical rank."""
