@@ -153,8 +153,9 @@ POLICIES = {  # each is (view 1, view 2)
     "small": (strength(0.9, False, 0.05),) * 2,
     "moderate": (strength(0.5, True, 0.25),) * 2,
     "large": (strength(0.08, True, 0.5),) * 2,
-    # the laptop recipe's (benchmarks/recipes.py), grey or colour objects: crop, flip, brightness, contrast
-    "objects": (view(crop_scale=(0.2, 1.0), jitter=(0.8, 0.8, 0.0, 0.0), jitter_p=0.8),) * 2,
+    # the laptop recipe's (benchmarks/recipes.py), centred grey or colour objects: crops of 90-100%, no flip,
+    # strong brightness and contrast (else the two views share grey levels, and the network learns those)
+    "objects": (view(crop_scale=(0.9, 1.0), flip_p=0.0, jitter=(0.8, 0.8, 0.0, 0.0), jitter_p=0.8),) * 2,
     "linear": (view(),),  # offline linear evaluation, thesis B.1.2: random resized crop + flip only
 }
 SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 128"

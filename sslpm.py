@@ -85,9 +85,9 @@ RECIPES = {
                    optimizer="adamw", lr=5e-3, weight_decay=1e-4, warmup_epochs=1, policy="small",
                    proj_hidden=256, proj_dim=32, ridge=8.0, predictor_steps=50),  # mlp: for CPU time
     # real images on a laptop CPU (--dataset fashion-mnist or mnist; your own folder with --recipe laptop):
-    # 28 px, about 120,000 images seen whatever the set's size (--images), chosen by measurement on
+    # 28 px, about 300,000 images seen whatever the set's size (--images), chosen by measurement on
     # Fashion-MNIST (benchmarks/recipes.py); the method's values as in its shapes recipe
-    "laptop": dict(image_size=28, width=8, images=120_000, batch_size=64, eval_every=50,
+    "laptop": dict(image_size=28, width=8, images=300_000, batch_size=64, eval_every=50,
                    optimizer="adamw", weight_decay=1e-4, warmup_epochs=0.2, policy="objects",
                    lr=5e-3, proj_hidden=256, proj_dim=32, ridge=8.0, predictor_steps=50),
     "cifar10": dict(),
