@@ -879,7 +879,7 @@ def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0
     correct = 0
     for f, y in zip(test_f.split(chunk), test_y.split(chunk)):
         sim, idx = (f @ train_f.T).topk(k, dim=1)  # (c, k)
-        votes = torch.zeros(len(f), classes, device=f.device)
+        votes = torch.zeros(len(f), classes, device=f.device, dtype=sim.dtype)
         votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())  # (c, classes)
         correct += (votes.argmax(1) == y).sum()
     return float(correct) / len(test_f)

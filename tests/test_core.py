@@ -161,6 +161,10 @@ def test_knn_matches_explicit_loop():
             votes[c] += math.exp(s / T)
         correct += int(max(range(4), key=votes.__getitem__) == int(y))
     assert common.knn_accuracy(train_f, train_y, test_f, test_y, 4, k=k, temperature=T, chunk=4) == correct / 25
+    # features of another dtype vote in that dtype (float64 from metrics, bf16 from autocast): no dtype clash
+    double = common.knn_accuracy(train_f.double(), train_y, test_f.double(), test_y, 4, k=k, temperature=T)
+    assert double == correct / 25
+    common.knn_accuracy(train_f.bfloat16(), train_y, test_f.bfloat16(), test_y, 4, k=k, temperature=T)
 
 
 def test_knn_perfect_on_separated_clusters():
