@@ -209,4 +209,6 @@ def save_figure(fig, path, title=None, rect=(0, 0, 1, 1)):
         from PIL import Image
         image = Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
         image.save(path, optimize=True)
+    import matplotlib.pyplot as plt  # installed: fig is one of its figures
+    plt.close(fig)  # pyplot keeps every figure until it is closed (a test draws dozens in one process)
     print(f"figure: {path}")
