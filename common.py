@@ -55,25 +55,20 @@ from tqdm import tqdm
 RANK, WORLD_SIZE, LOCAL_RANK = (int(os.environ.get(k, d))
                                 for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
 
-
 def printable(text):
     """Text that prints anywhere: non-UTF-8 bytes of a file name show as \\xe9, not a UnicodeEncodeError."""
     return os.fsencode(str(text)).decode("utf-8", "backslashreplace")
-
 
 def print0(*a, **k):  # under torchrun only the first process prints progress; every message is printable
     if RANK == 0:
         print(*map(printable, a), **k)
 
-
 def fail(message):
     """Stop with a one-line error on stderr and exit status 1. Nothing on disk is touched."""
     raise SystemExit(f"error: {printable(message)}")
 
-
 def warn(message):  # one line on stderr, from the first process only
     print0(f"warning: {message}", file=sys.stderr)
-
 
 # ---------------------------------------------------------------------------------------- model
 class ResNet(torchvision.models.ResNet):
@@ -97,18 +92,15 @@ class ResNet(torchvision.models.ResNet):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-
 def backbone(arch, width=64, image_size=32):
     """ResNet-18 (512-d at width 64) or ResNet-50 (2048-d); ImageNet stem from 64 px up."""
     block, layers = {"resnet18": (torchvision.models.resnet.BasicBlock, [2, 2, 2, 2]),
                      "resnet50": (torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])}[arch]
     return ResNet(block, layers, width, cifar_stem=image_size < 64)
 
-
 class L2Normalize(nn.Module):
     def forward(self, x):
         return F.normalize(x, dim=1)
-
 
 def projector(dims, batchnorm=True, last_bias=True, normalize=False):
     """MLP dims[0] -> ... -> dims[-1]: Linear (+ BatchNorm) + ReLU between layers."""
@@ -121,7 +113,6 @@ def projector(dims, batchnorm=True, last_bias=True, normalize=False):
         layers.append(L2Normalize())
     return nn.Sequential(*layers)
 
-
 # -------------------------------------------------------------------------------- augmentation
 # For speed (benchmarks/augment.py): ops run only on the samples they apply to, the crop is two matrix
 # products, the hue rotation uses arithmetic masks; each gives torchvision's values (tests/test_augment.py).
@@ -132,11 +123,9 @@ def view(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.0, 0.0, 0.0, 0.0), jitter
     return dict(crop_scale=crop_scale, crop_ratio=(3 / 4, 4 / 3), flip_p=flip_p, jitter=jitter,
                 jitter_p=jitter_p, gray_p=gray_p, blur_p=blur_p, solarize_p=solarize_p)
 
-
 def strength(scale, flip, s):  # projector-rank paper Table 2: jitter 0.8s, 0.8s, 0.8s, 0.2s
     jitter = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     return view(crop_scale=(scale, 1.0), flip_p=0.5 if flip else 0.0, jitter=jitter, jitter_p=0.8, gray_p=0.2)
-
 
 _BYOL = dict(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2)
 POLICIES = {  # each is (view 1, view 2)
@@ -160,7 +149,6 @@ POLICIES = {  # each is (view 1, view 2)
 }
 SOLARIZE_THRESHOLD = 128 / 255  # thesis B.1.1: "the default threshold value is 128"
 
-
 class Augment:
     """Augment(policy, data, size)(uint8 batch) -> normalised views, on the batch's device. With shard=True
     under torchrun, parameters are drawn for the whole global batch (as one process would), each process
@@ -179,15 +167,12 @@ class Augment:
         views = (apply_params(x, p, self.size, spec) for p, spec in zip(params, self.views))
         return tuple(self.data.normalize(v).contiguous(memory_format=layout) for v in views)
 
-
 BLUR_SIGMA = (0.1, 2.0)  # thesis B.1.1, BYOL, solo-learn: sigma uniform in [0.1, 2] pixels
-
 
 def blur_kernel_size(sigma_max=BLUR_SIGMA[1]):
     """2 ceil(3 sigma_max) + 1 = 13 taps at every size, the support of PIL's GaussianBlur (official
     CorInfoMax, solo-learn); BYOL's 10% of the side (3 taps at 32 px) would cut a sigma of 2 to about 0.8."""
     return 2 * math.ceil(3 * sigma_max) + 1
-
 
 def sample_params(spec, n, height, width):
     """Independent random parameters for n samples, as torchvision's transforms draw them; on the CPU."""
@@ -218,7 +203,6 @@ def sample_params(spec, n, height, width):
                 gray=rand(n) < spec["gray_p"], blur=rand(n) < spec["blur_p"], sigma=uniform(*BLUR_SIGMA),
                 solarize=rand(n) < spec["solarize_p"])
 
-
 def apply_params(x, p, size, spec):
     """x: float (B, 3, H, W) in [0, 1] -> augmented (B, 3, size, size) in [0, 1]. Order as BYOL:
     crop, flip, colour jitter (ops in random order per sample, as torchvision), grayscale, blur, solarize."""
@@ -246,7 +230,6 @@ def apply_params(x, p, size, spec):
     on(p["solarize"], lambda y: torch.where(y >= SOLARIZE_THRESHOLD, 1 - y, y))
     return x
 
-
 def resized_crop(x, top, left, height, width, size):
     """Per-sample crop boxes resized to size x size, bilinear as torch's upsampling (align_corners=False);
     boxes are never larger than `size` (data is stored at --image-size), so no anti-aliasing is needed.
@@ -268,15 +251,12 @@ def resized_crop(x, top, left, height, width, size):
     y = y.view(B, size * C, W) @ cols.transpose(1, 2)                      # (B, size C, size)
     return y.view(B, size, C, size).permute(0, 2, 1, 3).contiguous()       # (B, C, size, size)
 
-
 def grayscale(x):  # ITU-R 601-2 luma, as torchvision: (B, 1, H, W)
     return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
 
 def _blend(x, y, f):  # torchvision _blend for float images; f (B,)
     f = f[:, None, None, None]
     return (f * x + (1 - f) * y).clamp(0, 1)
-
 
 def adjust_brightness(x, f):
     return _blend(x, 0.0, f)  # torchvision blends with a black image: the same sums, without the image
@@ -286,7 +266,6 @@ def adjust_contrast(x, f):
 
 def adjust_saturation(x, f):
     return _blend(x, grayscale(x), f)
-
 
 def adjust_hue(x, f):
     """Rotate hue by f (in turns, |f| <= 0.5): RGB -> HSV, shift, HSV -> RGB, as torchvision."""
@@ -311,7 +290,6 @@ def adjust_hue(x, f):
     k = k - 6 * torch.floor(k / 6)
     return maxc[:, None] * (1 - s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))  # (B, 3, H, W)
 
-
 def gaussian_blur(x, sigma, k):
     """Separable Gaussian blur, one sigma per sample, reflect padding, as torchvision's."""
     B, C, H, W = x.shape
@@ -322,7 +300,6 @@ def gaussian_blur(x, sigma, k):
     y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)
     y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)
     return y.reshape(B, C, H, W)
-
 
 # ----------------------------------------------------------------------------------------- data
 # Mean/std: CIFAR values of the CorInfoMax thesis appendix B.1.3; other datasets use their own,
@@ -338,7 +315,6 @@ URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/" + IDX,
         "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" + IDX}
 
-
 class Data:
     """uint8 images (N, 3, S, S), int64 labels (-1: unlabelled), class names. train: pretraining; probe: kNN
     bank and linear evaluation; test: evaluation; track_x: the fixed test images --track-every measures."""
@@ -353,7 +329,6 @@ class Data:
         if x.device not in self.on:  # copied once per device, not every batch
             self.on[x.device] = [t.to(x.device)[:, None, None] for t in (self.mean, self.std)]
         return (x - self.on[x.device][0]) / self.on[x.device][1]
-
 
 def load_data(args):
     """The dataset of --dataset as uint8 tensors (Loader moves them to the device), resized to
@@ -381,7 +356,7 @@ def load_data(args):
         summary += f"; --train-subset {subset:,} is more than there are: all are used"
     if getattr(args, "images", 0):  # a budget of images (the laptop recipe's): epochs follow the set's size
         args.epochs = max(1, round(args.images / len(train[0])))
-        summary += f"; --images {args.images:,}: {args.epochs} epochs"
+        summary += f"; --images {args.images:,}: {plural(args.epochs, 'epoch')}"
     mean, std = STATS.get(args.dataset) or channel_stats(train[0])
     args.normalize = {"mean": list(mean), "std": list(std)}  # in args.json and last.pt: to use the backbone elsewhere
     found = (f"{args.dataset}: {len(train[0])} train, {len(probe[0])} kNN bank, {len(test[0])} test images, "
@@ -396,16 +371,13 @@ def load_data(args):
            f"{size} px")
     return Data(train, probe, test, names, mean, std)
 
-
 SUBSET_SEED = 0  # every sample of a dataset is drawn with this seed: the same images for every --seed
-
 
 def random_indices(n, k, seed=SUBSET_SEED):
     """k of range(n) drawn at random with a fixed seed, in increasing order (all of them if k >= n)."""
     if k >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
-
 
 def random_subset(split, k):
     """A seeded random sample of k (images, labels) of a split; all of it if k is 0, None or too big."""
@@ -414,7 +386,6 @@ def random_subset(split, k):
         return split
     keep = random_indices(len(x), k)
     return x[keep], y[keep]
-
 
 def load_torchvision(name, root):
     """(train, probe, test) uint8 splits and class names of a torchvision dataset, downloaded into root if
@@ -456,12 +427,10 @@ def load_torchvision(name, root):
         tmp.cleanup()
     return out, list(ds.classes)
 
-
 # ------------------------------------------------------------------ data: image folders
 # Every extension torchvision's ImageFolder lists, and .gif: PIL decodes all of them.
 IMAGE_EXTENSIONS = (*torchvision.datasets.folder.IMG_EXTENSIONS, ".gif")
 CACHE_VERSION = 2  # raise it when decoding or resizing changes: caches of other versions are rebuilt
-
 
 def load_imagefolder(root, size, subset=None):
     """<root>/train/<class>/... and <root>/val/<class>/... (list_image_folder), decoded once and cached as
@@ -497,13 +466,11 @@ def load_imagefolder(root, size, subset=None):
     fingerprint = hashlib.sha256(to_json([names, [r[:2] for r in record]]).encode()).hexdigest()[:16]
     return (out["train_x"], out["train_y"]), (out["val_x"], out["val_y"]), names, summary, fingerprint
 
-
 def read_cache(path):  # {} if there is none, {"error": kind} if it cannot be read (it is made again)
     try:
         return load_file(path) if os.path.exists(path) else {}
     except Exception as e:  # no permission, cut short by a full disk, ...
         return {"error": e.__class__.__name__}
-
 
 def decode_folder(root, files, size, n):
     """Both splits decoded: {train_x, train_y, val_x, val_y, failed: 'path (error)' of each file left out}."""
@@ -519,13 +486,11 @@ def decode_folder(root, files, size, n):
         warn(f"left out {plural(len(out['failed']), 'file')} that PIL cannot decode, e.g. {out['failed'][0]}")
     return out
 
-
 def plural(n, word):
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 def some(names, k):  # "a, b, c, ...": the first k names
     return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
-
 
 def list_image_folder(root):
     """The image files of train/ and val/ with their class (a folder directly under the split), listed as
@@ -572,7 +537,6 @@ def list_image_folder(root):
         fail(f"--data-dir {root}: val/ has no images of train/'s classes ({some(classes, 5)})")
     return files, classes, left_out
 
-
 def walk_class(top, seen, others, links):
     """The image files under one class folder (sorted), links followed only to what is inside its own tree
     and not listed yet (seen: the split's real paths); the class folder itself may link out of the split.
@@ -612,7 +576,6 @@ def walk_class(top, seen, others, links):
                 files.append(p)
     return files
 
-
 def class_counts(train_y, val_y, names):
     """'cat 30/10, dog 30/10' (train/val images per class) for up to 10 classes, else their ranges."""
     train, val = (torch.bincount(y, minlength=len(names)).tolist() for y in (train_y, val_y))
@@ -620,13 +583,11 @@ def class_counts(train_y, val_y, names):
         return ", ".join(f"{name} {a}/{b}" for name, a, b in zip(names, train, val))
     return f"{min(train)}-{max(train)} / {min(val)}-{max(val)}"
 
-
 def stamp(path):
     """(size, modification time in ns), as make and rsync tell a change: a content hash would read every
     file, nearly as slow as decoding it. An edit that keeps both goes unnoticed: delete the cache then."""
     s = os.stat(path)
     return s.st_size, s.st_mtime_ns
-
 
 def describe_change(cached, new):
     """Why a cache is made again: unreadable, another version, or another file record (classes follow it)."""
@@ -639,12 +600,10 @@ def describe_change(cached, new):
     return (f"the folder changed since ({len(new.keys() - old.keys())} files added, "
             f"{len(old.keys() - new.keys())} removed, {changed} changed)")
 
-
 def available_memory():
     """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
     with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/meminfo") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
-
 
 def check_memory(n, size):
     """Refuse, before decoding, n images of 3 x size x size bytes that need over 80% of the free memory."""
@@ -654,7 +613,6 @@ def check_memory(n, size):
         fail(f"--image-size {size}: the {n:,} images decoded need {need / 1e9:.1f} GB and "
              f"{available / 1e9:.1f} GB of memory is available; --image-size {fits} would fit "
              "(or use --train-subset)")
-
 
 def decode_split(files, size, desc):
     """Decode [(path, label)] into one uint8 (N, 3, size, size) tensor with a pool of threads (PIL and the
@@ -682,7 +640,6 @@ def decode_split(files, size, desc):
         images, labels = images[keep], labels[keep]
     return images, labels, bad
 
-
 def decode_image(path, size):
     """One image file (an animation's first frame) as uint8 RGB (3, size, size), without EXIF rotation (as
     ImageFolder). PIL's draft mode decodes a JPEG at 1/2-1/8 scale when that keeps `size` px: much faster."""
@@ -690,7 +647,6 @@ def decode_image(path, size):
         img.draft("RGB", (size, size))
         rgb = torch.from_numpy(pil_to_rgb(img)).permute(2, 0, 1)            # (3, H, W) uint8
     return resize_images(rgb[None], size)[0]
-
 
 def pil_to_rgb(img):
     """uint8 (H, W, 3) from a PIL image of any mode: 16-bit ('I;16...', and 'I', as Pillow reads 16-bit
@@ -704,14 +660,12 @@ def pil_to_rgb(img):
         warnings.simplefilter("ignore")
         return np.array(img.convert("RGB"))
 
-
 def resize_images(x, size):
     """uint8 (N, 3, H, W): shorter side to `size` (antialiased bilinear), centre crop size x size."""
     if x.shape[-2:] == (size, size):
         return x
     chunks = [TF.center_crop(TF.resize(c, [size], antialias=True), [size, size]) for c in x.split(1024)]
     return torch.cat(chunks)
-
 
 def channel_stats(x):
     """Per-channel mean and std of uint8 images (N, 3, H, W) in [0, 1] units, from exact integer sums."""
@@ -722,13 +676,11 @@ def channel_stats(x):
     mean, square = sums.double() / (x.numel() // 3)  # E[x], E[x^2]
     return (mean / 255).tolist(), ((square - mean ** 2).sqrt() / 255).tolist()
 
-
 # ------------------------------------------------------------------ data: shapes
 SHAPE_NAMES = ("circle", "triangle", "square", "hexagon", "star", "cross", "ring", "semicircle",
                "ellipse", "L")
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.7, 0.2], [0.15, 0.25, 0.9], [0.95, 0.85, 0.1],
                         [0.6, 0.2, 0.8], [0.1, 0.8, 0.85], [0.95, 0.95, 0.95], [0.08, 0.08, 0.08]])
-
 
 def make_shapes(n, size=32, seed=0):
     """10 classes of filled shapes (SHAPE_NAMES) at random position, scale, rotation and colours, on stripes,
@@ -764,7 +716,6 @@ def make_shapes(n, size=32, seed=0):
         images[idx] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return images, labels
 
-
 def shape_mask(k, u, v):
     rho, ang = (u ** 2 + v ** 2).sqrt(), torch.atan2(v, u)
 
@@ -787,7 +738,6 @@ def shape_mask(k, u, v):
     if k == 8:  # ellipse
         return u ** 2 + (v / 0.5) ** 2 <= 1
     return ((u >= -1) & (u <= -0.3) & (v.abs() <= 1)) | ((u.abs() <= 1) & (v >= -1) & (v <= -0.3))  # L
-
 
 # ------------------------------------------------------------------ data: the loader
 class Loader:
@@ -825,7 +775,6 @@ class Loader:
             yield (self.images[idx].to(self.device, non_blocking=True),
                    self.labels[idx].to(self.device, non_blocking=True))
 
-
 # ---------------------------------------------------------------------------------- evaluation
 class OnlineProbe:
     """A linear classifier on detached features of view 1 with its own AdamW (lr 1e-3): it never shapes the
@@ -854,7 +803,6 @@ class OnlineProbe:
         self.linear.load_state_dict(state["linear"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-
 @torch.no_grad()
 def extract_features(backbone, images, data, device, batch_size=512, views=None):
     """Backbone features (N, F) of normalised uint8 images (with views, an Augment: a tuple, one per view), in
@@ -866,7 +814,6 @@ def extract_features(backbone, images, data, device, batch_size=512, views=None)
     backbone.train(was_training)
     features = tuple(torch.cat(parts) for parts in zip(*out))
     return features if views else features[0]
-
 
 @torch.no_grad()
 def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0.1, chunk=256):
@@ -884,7 +831,6 @@ def knn_accuracy(train_f, train_y, test_f, test_y, classes, k=200, temperature=0
         correct += (votes.argmax(1) == y).sum()
     return float(correct) / len(test_f)
 
-
 @torch.no_grad()
 def pixel_knn_accuracy(data, device):
     """The same kNN on the raw pixels of the bank and test images (at the training size, each pixel
@@ -898,7 +844,6 @@ def pixel_knn_accuracy(data, device):
     return knn_accuracy(bank.sub_(mean).div_(std), data.probe_y.to(device), test.sub_(mean).div_(std),
                         data.test_y.to(device), data.classes)
 
-
 def evaluate(backbone, probe, data, device):
     """kNN accuracy, and the online probe's test accuracy when a probe is given."""
     bank, test = (extract_features(backbone, x, data, device) for x in (data.probe_x, data.test_x))
@@ -907,7 +852,6 @@ def evaluate(backbone, probe, data, device):
     if probe is not None:
         out["probe_acc"] = (probe.linear(test).argmax(1) == test_y).float().mean().item()
     return out
-
 
 def linear_eval(backbone, data, epochs, device, batch_size=256):
     """Offline linear evaluation of the frozen backbone, thesis appendix B.2: SGD momentum 0.9,
@@ -928,7 +872,6 @@ def linear_eval(backbone, data, epochs, device, batch_size=256):
             optimizer.step()
     test_f = extract_features(backbone, data.test_x, data, device)
     return (classifier(test_f).argmax(1) == data.test_y.to(device)).float().mean().item()
-
 
 # -------------------------------------------------------------------------------- optimisation
 class LARS(torch.optim.Optimizer):
@@ -961,7 +904,6 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_add_(bufs, updates)
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
-
 def make_optimizer(model, args):
     """Biases and BatchNorm parameters (1-d) get no weight decay and, for LARS, no trust ratio."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -975,7 +917,6 @@ def make_optimizer(model, args):
         return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, fused=fused)
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
 
-
 def lr_at(step, total_steps, warmup_steps, base_lr, start_lr=0.0, final_lr=0.0):
     """Linear warmup start_lr -> base_lr over warmup_steps, then cosine to final_lr at the last step."""
     if step < warmup_steps:
@@ -983,12 +924,10 @@ def lr_at(step, total_steps, warmup_steps, base_lr, start_lr=0.0, final_lr=0.0):
     t = (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)
     return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
-
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
-
 
 # ------------------------------------------------------------------------ training-loop helpers
 def seed_everything(seed):
@@ -996,20 +935,16 @@ def seed_everything(seed):
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-
 def seed_epoch(seed, epoch):  # epoch e draws the same whether the run stopped before or not: no RNG saved
     seed_everything(seed * 100_003 + epoch)
-
 
 def autocast(device):
     """bf16 autocast on GPUs that compute it natively (compute capability 8.0+: A100, H100, RTX 30xx), losses
     in float32; float32 elsewhere (V100, T4 only emulate bf16; fp16 would need a GradScaler in every step)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16(device) else contextlib.nullcontext()
 
-
 def bf16(device):  # whether autocast computes in bf16 on this device
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-
 
 def training_memory(args):
     """GPU memory (bytes) a training step needs, estimated: what autograd keeps of the backbone (counted on
@@ -1023,24 +958,19 @@ def training_memory(args):
         model(torch.empty(args.batch_size // WORLD_SIZE, 3, args.image_size, args.image_size, device="meta"))
     return 2 * sum(t.nbytes for t in kept.values()) * (0.5 if bf16(device) else 1) * 1.25 + 2e9
 
-
 NO_FLOAT64 = ("mps",)  # devices without float64 (Apple GPUs); tests add "cpu" to emulate one
-
 
 def precise_dtype(device):  # of log-dets, running covariances, spectra: float64, float32 where there is none
     return torch.float32 if torch.device(device).type in NO_FLOAT64 else torch.float64
-
 
 def on_cpu_without_float64(fn, x):  # fn(x), an op MPS lacks (eigvalsh, svdvals): there on the CPU in float64
     return (fn(x) if x.device.type not in NO_FLOAT64
             else fn(x.to("cpu", torch.float64)).to(x.device, precise_dtype(x.device)))
 
-
 def channels_last(device, size):
     """Whether convolutions run channels_last: faster with cuDNN, and with oneDNN on the CPU (15-27% at 16-64 px)
     up to 128 px (tests/test_devices.py); its backward crashed at 192-224 px. MPS supports it only in part."""
     return device.type == "cuda" or (device.type == "cpu" and size <= 128)
-
 
 def prepare_model(model, args, device):
     sync_batchnorm(model.to(device))
@@ -1051,9 +981,7 @@ def prepare_model(model, args, device):
         model.backbone.compile()  # in place: state_dict keys stay the same
     return model
 
-
 PROGRESS_SECONDS = 30  # without a terminal (output piped to a file), a progress line this often
-
 
 class Progress(tqdm):
     """tqdm's bar on a terminal. Piped to a file, where a bar shows nothing, a plain line on stdout every
@@ -1075,7 +1003,6 @@ class Progress(tqdm):
             print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}s/s "
                   f"{self.postfix or ''}".rstrip(), flush=True)
 
-
 class Meter:
     """Sums named scalar tensors without a host sync per step; .means() syncs once."""
     def __init__(self):
@@ -1089,9 +1016,7 @@ class Meter:
     def means(self):
         return {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
 
-
 # ============================== plumbing below: a reader of a method file can stop here ==============
-
 
 # ------------------------------------------------------------------------- several processes
 # torchrun starts one process per GPU. --batch-size is the global batch, of which each process takes its
@@ -1105,7 +1030,6 @@ def get_device(name):
     if not available.get(kind, True):
         fail(f"--device {name}: {kind.upper()} is not available here; use --device cpu or auto")
     return torch.device(name)
-
 
 def busy_cores(samples=5):
     """Cores of this process that others use now: Linux's procs_running less this one (median of samples
@@ -1121,14 +1045,12 @@ def busy_cores(samples=5):
     mine, host = len(os.sched_getaffinity(0)), os.cpu_count() or 1
     return sorted(counts)[len(counts) // 2] * mine / host
 
-
 def choose_threads():
     """torch's threads (one per core, or OMP_NUM_THREADS) less the cores others are busy with: every op waits
     for its slowest thread, and one sharing a core stalls them all (benchmarks/busy.py: 3.1x vs 1.5x)."""
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
     return max(1, torch.get_num_threads() - round(busy_cores()))
-
 
 def setup_device(args):
     """This process's device (--device) and --threads, recorded in args (args.json) with world_size; errors
@@ -1158,7 +1080,6 @@ def setup_device(args):
     sys.excepthook = one_line
     return device if WORLD_SIZE == 1 else join_processes(args, device)
 
-
 def join_processes(args, device):  # under torchrun: refuse what does not work there, join the group
     if device.type not in ("cuda", "cpu"):
         fail(f"--device {args.device}: several processes (torchrun) need cuda or cpu")
@@ -1177,17 +1098,14 @@ def join_processes(args, device):  # under torchrun: refuse what does not work t
         atexit.register(leave_process_group)  # SIGABRT at exit without it (pytorch PR 179291)
     return device
 
-
 def leave_process_group():  # at exit, while Python is whole: else gloo's threads abort a finished run
     if dist.is_initialized():
         dist.destroy_process_group()
-
 
 def shard(x):
     """This process's slice of a tensor that every process holds whole (dim 0)."""
     n = len(x) // WORLD_SIZE
     return x[RANK * n:(RANK + 1) * n]
-
 
 def gather(x):
     """The global batch: every process's x concatenated in rank order, with gradient (the identity on one
@@ -1199,7 +1117,6 @@ def gather(x):
         return x
     from torch.distributed.nn.functional import all_gather  # imported here: needs a distributed build
     return torch.cat(all_gather(x))
-
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch for gloo/CPU (torch's SyncBatchNorm runs on CUDA only): sums
@@ -1223,7 +1140,6 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         x = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         return x * self.weight.view(shape) + self.bias.view(shape) if self.affine else x
 
-
 def sync_batchnorm(model):
     """BatchNorm over the global batch under torchrun, as in SimCLR's, VICReg's and Barlow Twins' code."""
     if WORLD_SIZE == 1:
@@ -1238,7 +1154,6 @@ def sync_batchnorm(model):
                 setattr(parent, name, new)
     return model
 
-
 def ddp(model):
     """DistributedDataParallel under torchrun (it averages gradients during backward), else the model."""
     if WORLD_SIZE == 1:
@@ -1246,15 +1161,12 @@ def ddp(model):
     device_ids = [LOCAL_RANK] if next(model.parameters()).is_cuda else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-
 # ---------------------------------------------------------------------- command line and recipes
 DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder")
-
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line that names the flag and what is allowed, no usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
 
 def checked(kind, ok, allowed):
     """An argparse type: parse with `kind`, then refuse non-finite values and values where ok(value)
@@ -1269,7 +1181,6 @@ def checked(kind, ok, allowed):
         return value
     return parse
 
-
 def positive(kind):
     return checked(kind, lambda v: v > 0, "positive")
 
@@ -1279,7 +1190,6 @@ def nonnegative(kind):
 def in_range(kind, low, high):  # closed interval
     return checked(kind, lambda v: low <= v <= high, f"in [{low}, {high}]")
 
-
 class HelpFormatter(argparse.HelpFormatter):
     """--help shows the value a run uses for each flag: its default for every dataset (common.py's, or
     the method's RECIPES["all"]), then the datasets whose recipe sets another (put there by parse_args)."""
@@ -1288,7 +1198,6 @@ class HelpFormatter(argparse.HelpFormatter):
         shown = [] if unset else ["default: %(default)s"]
         shown += [action.per_dataset] if getattr(action, "per_dataset", "") else []
         return (action.help or "") + (f" ({'; '.join(shown)})" if shown else "")
-
 
 def get_parser(method, doc, recipes):
     """The shared flags in groups; a method file adds its own. recipes["all"]: the method's values for every
@@ -1349,13 +1258,11 @@ def get_parser(method, doc, recipes):
     p.recipes = recipes
     return p
 
-
 def given_flags(parser, argv, args):
     """Names of the arguments given on the command line: parsed again over placeholders, which argparse
     replaces only where a flag is given (defaults fill only what is unset)."""
     unset = argparse.Namespace(**{k: "__unset__" for k in vars(args)})
     return {k for k, v in vars(parser.parse_args(argv, namespace=unset)).items() if v != "__unset__"}
-
 
 def parse_args(parser, argv=None):
     """The arguments of a run: common.py's defaults, the method's RECIPES["all"], then the dataset's recipe
@@ -1377,7 +1284,6 @@ def parse_args(parser, argv=None):
     args.data_dir = os.path.abspath(args.data_dir)  # args.json: the same folder from any working directory
     return args
 
-
 def resume_args(args, given, flag):
     """The saved arguments of the run in --resume win; a flag given now that disagrees is an error, not a
     surprise. A resume may set --resume, --stop-after, --device, --save-every and --data-dir."""
@@ -1398,7 +1304,6 @@ def resume_args(args, given, flag):
     vars(args).update({k: v for k, v in saved.items() if k not in mine})
     args.out, args.name = os.path.split(os.path.abspath(run_dir))
 
-
 def apply_recipe(args, recipes, given, flag):
     """The recipe (--recipe, or the dataset's) fills in whatever was not given on the command line."""
     default = "laptop" if args.dataset in ("mnist", "fashion-mnist") else args.dataset
@@ -1415,13 +1320,11 @@ def apply_recipe(args, recipes, given, flag):
     print0(f"recipe: {args.method}.py RECIPES['{args.recipe}'] on --dataset {args.dataset}"
            + (f"; overridden by {flags}" if flags else "; no flag overrides it"))
 
-
 # ----------------------------------------------------------------------------------- run folder
 def to_json(obj, **kwargs):
     """json.dumps with NaN and infinities as null (JSON has no NaN): every file written is valid JSON."""
     nulled = json.loads(json.dumps(obj), parse_constant=lambda name: None)  # NaN, Infinity, -Infinity
     return json.dumps(nulled, allow_nan=False, **kwargs)
-
 
 def atomic_write(path, data, on_disk=None):
     """Write text or a torch.save-able object (read back: a short write never replaces a good file) to a
@@ -1444,10 +1347,8 @@ def atomic_write(path, data, on_disk=None):
                  "(full disk? unwritable folder?)")
         raise
 
-
 def load_file(path):  # mmap: no copy in memory, where torch can (it opens only UTF-8 names that way)
     return torch.load(path, map_location="cpu", weights_only=True, mmap=printable(path) == path)
-
 
 def flat_values(obj, prefix=""):
     """(dotted name, value) of every leaf of a nested state_dict (dicts, lists, tuples)."""
@@ -1457,16 +1358,13 @@ def flat_values(obj, prefix=""):
     for k, v in obj.items() if isinstance(obj, dict) else enumerate(obj):
         yield from flat_values(v, f"{prefix}{k}.")
 
-
 def is_finite(value):
     """False for a float or a floating tensor with a NaN or an infinity; True for anything else."""
     if torch.is_tensor(value):
         return not value.is_floating_point() or bool(value.isfinite().all())
     return not isinstance(value, float) or math.isfinite(value)
 
-
 CLAIMS = {}  # run folder -> its open .lock file: the folder is this process's while the file is open
-
 
 def claim(args):
     """Claim <out>/<name> (made here as method-dataset-time[-k] without --name) by a flock on its .lock file,
@@ -1494,11 +1392,9 @@ def claim(args):
     f.flush()
     CLAIMS[path] = f
 
-
 def release(path):  # the claim of this process on a run folder ends (at exit it ends by itself)
     with contextlib.suppress(KeyError):
         CLAIMS.pop(path).close()
-
 
 class Run:
     """The run folder <out>/<name>/: args.json, log.jsonl, last.pt, results.json, copies of the code.
