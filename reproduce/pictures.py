@@ -5,8 +5,9 @@ the learned features look like, and what "near" means before and after training.
 
 - views.png: one image of each of the ten `shapes` classes and two augmented views of it under every
   policy of the papers (`small`, `moderate`, `large`: the Geometry paper's Table 2; `asymmetric`: BYOL's,
-  CorInfoMax's), at 16 px (the CPU recipes) and 32 px. A `large` crop keeps 8% of the image: at 16 px a
-  few pixels, often no part of the shape, which is why the CPU recipes use `small`.
+  CorInfoMax's; `objects`: the laptop recipe's), at 16 px (the CPU recipes) and 32 px, and of Fashion-MNIST
+  at 28 px when --fashion-dir has it. A `large` crop keeps 8% of the image: at 16 px a few pixels, often
+  no part of the shape, which is why the CPU recipes use `small`.
 - curves.png: every loss term and the kNN accuracy per epoch of the six methods' CPU recipes (seed 0),
   epoch 0 being the random initialisation, from their log.jsonl; and the kNN of VICReg without its
   variance or covariance term.
@@ -32,7 +33,7 @@ import common
 import metrics
 import redundancy
 
-POLICIES = ("small", "moderate", "large", "asymmetric")
+POLICIES = ("small", "objects", "moderate", "large", "asymmetric")
 
 
 def method_runs(a):
@@ -52,26 +53,44 @@ def method_runs(a):
     return runs
 
 
-def views(plt, path):
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.6))
-    for ax, size in zip(axes, (16, 32)):
-        images, labels = common.make_shapes(200, size, seed=1)
-        x = torch.stack([images[labels == k][0] for k in range(10)])                 # (10, 3, S, S)
-        rows, names = [x.float() / 255], ["original"]
+def fashion_examples(root):
+    """One Fashion-MNIST test image per class (uint8 (10, 3, 28, 28)) and the class names, if root holds its
+    four IDX files (as the methods' --data-dir; nothing is downloaded here), else None."""
+    names = [f"{s}-{kind}-ubyte" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+    places = (root, os.path.join(root, "FashionMNIST", "raw"))  # Debian's folder, or torchvision's download
+    if not any(all(os.path.exists(os.path.join(d, f)) or os.path.exists(os.path.join(d, f + ".gz"))
+                   for f in names) for d in places):
+        return None
+    (_, _, (x, y)), names = common.load_torchvision("fashion-mnist", root)
+    return torch.stack([x[y == k][0] for k in range(10)]), names
+
+
+def views(plt, path, fashion=None):
+    """Two views of one image per class under each policy: shapes at 16 and 32 px, Fashion-MNIST at 28 px
+    (the laptop recipe's `objects` policy) when its files were found."""
+    panels = [(*common.make_shapes(200, size, seed=1), common.SHAPE_NAMES, f"shapes, {size} x {size} pixels")
+              for size in (16, 32)]
+    panels = [(torch.stack([x[y == k][0] for k in range(10)]), names, title) for x, y, names, title in panels]
+    if fashion is not None:
+        panels.append((*fashion, "Fashion-MNIST, 28 x 28 pixels"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 7.6), squeeze=False)
+    for ax, (x, names, title) in zip(axes[0], panels):                                  # x: (10, 3, S, S)
+        size = x.shape[-1]
+        rows, labels = [x.float() / 255], ["original"]
         plain = types.SimpleNamespace(normalize=lambda v: v)                         # views stay in [0, 1]
         for policy in POLICIES:
             common.seed_everything(0)
             rows += list(common.Augment(policy, plain, size, shard=False)(x))
-            names += [f"{policy}, view 1", "view 2"]
+            labels += [f"{policy}, view 1", "view 2"]
         grid = torch.cat([torch.cat(list(r.clamp(0, 1)), 2) for r in rows], 1)        # (3, rows S, 10 S)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_yticks([(i + 0.5) * size for i in range(len(names))], names)
-        ax.set_xticks([(i + 0.5) * size for i in range(10)], common.SHAPE_NAMES, rotation=60)
+        ax.set_yticks([(i + 0.5) * size for i in range(len(labels))], labels)
+        ax.set_xticks([(i + 0.5) * size for i in range(10)], names, rotation=60)
         ax.grid(False)
-        ax.set_title(f"{size} x {size} pixels")
+        ax.set_title(title)
     harness.save_figure(fig, path,
                         "Two augmented views of each class under every policy: the network must map "
-                                   "both to the same point")
+                        "both to the same point")
 
 
 LOGGED = {"epoch", "lr", "seconds", "images_per_sec", "world_size", "global_batch", "knn_acc", "probe_acc",
@@ -178,6 +197,9 @@ def main(argv=None):
     p = harness.parser(__doc__, "pictures")
     p.add_argument("--runs", default=os.path.join(harness.ROOT, "reproduce", "runs"), help="the folder whose "
                    "redundancy/ and collapse/ hold (or will hold) the seed-0 runs shown")
+    p.add_argument("--fashion-dir", default=os.path.join(harness.ROOT, "data"), help="a folder with "
+                   "Fashion-MNIST's four IDX files (gzipped or not), e.g. /usr/share/datasets/fashion-mnist: "
+                   "views.png then shows its ten classes too")
     a = p.parse_args(argv)
     runs = method_runs(a)
     os.makedirs(a.out, exist_ok=True)
@@ -186,7 +208,10 @@ def main(argv=None):
     plt = harness.pyplot()
     if plt is None:
         return rows
-    views(plt, os.path.join(a.out, "views.png"))
+    fashion = fashion_examples(a.fashion_dir)
+    if fashion is None:
+        print(f"views.png: shapes only (no Fashion-MNIST IDX files in --fashion-dir {a.fashion_dir})")
+    views(plt, os.path.join(a.out, "views.png"), fashion)
     curves(plt, runs, os.path.join(a.out, "curves.png"))
     embeddings(plt, runs, os.path.join(a.out, "embeddings.png"))
     neighbours(plt, runs, os.path.join(a.out, "neighbours.png"))
