@@ -83,3 +83,27 @@ def test_without_matplotlib_the_table_is_saved_and_one_line_says_how_to_get_the_
     rows, printed = call("collapse", root)
     assert rows and (out / "collapse.json").exists() and "figure:" not in printed
     assert "pip install matplotlib" in printed and harness.pyplot() is None
+
+
+def test_views_add_fashion_mnist_from_its_idx_files_and_do_without_them(tmp_path):
+    """pictures.fashion_examples: one t10k image per class from the 4 IDX files (Debian's gzipped ones here),
+    in class order; None (views.png shows shapes only) where the folder lacks them. Nothing is downloaded."""
+    import numpy as np
+    import pictures
+    from test_torchvision_data import write_idx
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    labels = np.array([9 - k % 10 for k in range(30)], dtype=np.uint8)  # class k first at row 9 - k
+    for split in ("train", "t10k"):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    x, names = pictures.fashion_examples(str(tmp_path))
+    assert x.shape == (10, 3, 28, 28) and names[0] == "T-shirt/top" and len(names) == 10
+    for k in range(10):
+        assert (x[k, 0].numpy() == images[9 - k]).all() and (x[k, 1] == x[k, 0]).all()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert pictures.fashion_examples(str(tmp_path)) is None
+    if has_matplotlib():  # three panels: shapes at 16 and 32 px, and these images
+        import harness
+        pictures.views(harness.pyplot(), str(tmp_path / "views.png"), (x, names))
+        assert (tmp_path / "views.png").stat().st_size > 10_000
