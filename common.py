@@ -411,6 +411,9 @@ def load_torchvision(name, root):
                 else:
                     shutil.copy(p, raw)
         for kw in splits:
+            if out and kw == splits[0]:  # the probe split is the train split (all but STL-10): read once
+                out.append(out[0])
+                continue
             ds = cls(where, download=True, **kw)
             x = torch.as_tensor(ds.data)  # STL-10 (N, 3, 96, 96), CIFAR (N, 32, 32, 3), MNIST (N, 28, 28)
             y = torch.as_tensor(ds.labels if name == "stl10" else ds.targets).long()  # -1: STL-10 unlabelled

@@ -84,6 +84,7 @@ def main(argv=None):
     axes[2].plot([0, *epochs], [init, *knn], color=harness.COLORS[1], marker="s", label="kNN accuracy")
     harness.baseline(axes[2], harness.pixel_knn(folders["corinfomax", a.seeds[0]]), "raw pixels",
                      color=harness.COLORS[4])
+    harness.baseline(axes[2], init, "random initialisation")
     axes[2].set(xlabel="epoch (0: random initialisation)", ylabel="kNN accuracy (test)")
     harness.verdict(axes[2], "... together with the accuracy",
                     "correlation with LDMI over epochs: " + rows[0]["ldmi_knn_correlation"])
