@@ -65,7 +65,8 @@ def main(argv=None):
         held = "not at this scale"
         if drop > spread:
             held = "held" if steady and drop > 2 * spread else "held partly"
-        harness.verdict(ax, title, held + f" (drop {drop / spread if spread else 0:.1f} spreads)")
+        size = f"{drop / spread:.1f} spreads" if spread else f"{drop:.2g}, one seed: no spread to weigh it"
+        harness.verdict(ax, title, held + f" (drop {size}{'' if steady else ', not steady'})")
     points = [p for r in rows for p in zip(r["H(R)_per_seed"], r["I(R;Z)_per_seed"], r["knn_acc_per_seed"])]
     dots = axes[2].scatter([p[1] for p in points], [p[0] for p in points], c=[p[2] for p in points],
                            cmap="viridis",
@@ -98,8 +99,7 @@ def main(argv=None):
     axes[3].xaxis.get_major_locator().set_params(integer=True)
     harness.save_figure(fig, os.path.join(a.out, "adadim_dynamics.png"),
                         "AdaDim paper: dimensionality and information against alpha, and over training "
-                        f"(shapes, seeds {', '.join(map(str, a.seeds))}; adaptive and SimCLR runs seed "
-                        f"{a.seeds[0]})")
+                        f"(shapes, {harness.seeds_text(a.seeds).replace('curves', 'adaptive and SimCLR')})")
     return rows
 
 

@@ -94,8 +94,9 @@ def main(argv=None):
     harness.verdict(axes[0],
                     ("Table 2: lambda 0 does not learn: held; " if learns else "Table 2: lambda 0 learns; ")
                     + "Figure 3: a peak",
-                    f"best lambda {ticks[best]}, {gap / spread if spread else float('inf'):.1f} spreads "
-                    "above lambda 4: " + ("held partly" if spread and gap > 2 * spread else "not resolved"))
+                    f"best lambda {ticks[best]}, " + (f"{gap / spread:.1f} spreads above lambda 4: " + (
+                        "held partly" if gap > 2 * spread else "not resolved") if spread else
+                        f"{gap:.3f} above lambda 4, one seed: not resolved"))
     axes[0].legend(loc="lower right")
     axes[1].set(ylabel="prediction loss L_pred, last epoch (1: unpredictable)")
     axes[1].set_ylim(bottom=0)
