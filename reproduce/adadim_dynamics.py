@@ -99,7 +99,7 @@ def main(argv=None):
     axes[3].xaxis.get_major_locator().set_params(integer=True)
     harness.save_figure(fig, os.path.join(a.out, "adadim_dynamics.png"),
                         "AdaDim paper: dimensionality and information against alpha, and over training "
-                        f"(shapes, {harness.seeds_text(a.seeds).replace('curves', 'adaptive and SimCLR')})")
+                        f"(shapes, {harness.seeds_text(a.seeds, curves='adaptive and SimCLR')})")
     return rows
 
 

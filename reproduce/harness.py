@@ -190,11 +190,16 @@ def verdict(ax, title, held):
     ax.set_title(f"{title}\n{held}", fontsize=12)
 
 
-def seeds_text(seeds):
+def seed_list(seeds):
+    """"seed 0" or "seeds 0, 1, 2"."""
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
+def seeds_text(seeds, curves="curves"):
     """How a figure title names its seeds: "seed 0", or "curves seed 0, dots seeds 0, 1, 2"."""
     if len(seeds) == 1:
-        return f"seed {seeds[0]}"
-    return f"curves seed {seeds[0]}, dots seeds {', '.join(map(str, seeds))}"
+        return seed_list(seeds)
+    return f"{curves} seed {seeds[0]}, dots {seed_list(seeds)}"
 
 
 def save_figure(fig, path, title=None, rect=(0, 0, 1, 1)):

@@ -56,10 +56,10 @@ def method_runs(a):
 def fashion_examples(root):
     """One Fashion-MNIST test image per class (uint8 (10, 3, 28, 28)) and the class names, if root holds its
     four IDX files (as the methods' --data-dir; nothing is downloaded here), else None."""
-    names = [f"{s}-{kind}-ubyte" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+    files = [f"{s}-{kind}-ubyte" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
     places = (root, os.path.join(root, "FashionMNIST", "raw"))  # Debian's folder, or torchvision's download
     if not any(all(os.path.exists(os.path.join(d, f)) or os.path.exists(os.path.join(d, f + ".gz"))
-                   for f in names) for d in places):
+                   for f in files) for d in places):
         return None
     (_, _, (x, y)), names = common.load_torchvision("fashion-mnist", root)
     return torch.stack([x[y == k][0] for k in range(10)]), names

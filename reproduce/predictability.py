@@ -134,7 +134,7 @@ def main(argv=None):
     axes[3].legend(loc="best")
     harness.save_figure(fig, os.path.join(a.out, "predictability.png"),
                         "SSLPM paper: predictability minimisation "
-                        f"(shapes, seed{'s' * (len(a.seeds) > 1)} {', '.join(map(str, a.seeds))})")
+                        f"(shapes, {harness.seed_list(a.seeds)})")
     return rows
 
 

@@ -89,8 +89,8 @@ def main(argv=None):
     axes[3].set_title("kNN accuracy of each method\n(dots: seeds; large: mean)")
     axes[3].legend(loc="lower right")
     harness.save_figure(fig, os.path.join(a.out, "redundancy.png"),
-                        f"Redundancy against accuracy, six methods (shapes, seed{'s' * (len(a.seeds) > 1)} "
-                        f"{', '.join(map(str, a.seeds))}):\ndescriptive, too few points for a trend")
+                        f"Redundancy against accuracy, six methods (shapes, {harness.seed_list(a.seeds)}):\n"
+                        "descriptive, too few points for a trend")
     return rows
 
 
