@@ -94,9 +94,8 @@ def main(argv=None):
     for ax in axes[1:]:
         ax.xaxis.get_major_locator().set_params(integer=True)
     harness.save_figure(fig, os.path.join(a.out, "corinfomax_spectrum.png"),
-                        "CorInfoMax thesis: CorInfoMax vs SimCLR, same projector (shapes, "
-                        + (f"curves seed {a.seeds[0]}, numbers {harness.seed_list(a.seeds)})" if len(a.seeds) > 1
-                           else f"seed {a.seeds[0]})"))
+                        "CorInfoMax thesis: CorInfoMax vs SimCLR, same projector "
+                        f"(shapes, {harness.seeds_text(a.seeds, dots='numbers')})")
     return rows
 
 

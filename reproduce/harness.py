@@ -195,11 +195,11 @@ def seed_list(seeds):
     return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
 
-def seeds_text(seeds, curves="curves"):
+def seeds_text(seeds, curves="curves", dots="dots"):
     """How a figure title names its seeds: "seed 0", or "curves seed 0, dots seeds 0, 1, 2"."""
     if len(seeds) == 1:
         return seed_list(seeds)
-    return f"{curves} seed {seeds[0]}, dots {seed_list(seeds)}"
+    return f"{curves} seed {seeds[0]}, {dots} {seed_list(seeds)}"
 
 
 def save_figure(fig, path, title=None, rect=(0, 0, 1, 1)):
